@@ -1,0 +1,23 @@
+"""unlearnable-arena: protectors vs exploiters across architectures, with a Parquet leaderboard.
+
+Plugin authors import everything they need from here::
+
+    from arena import hookimpl, Protector, Exploiter, Param, ParamSpec, Budget, ImageSet, quantize
+"""
+
+from .budget import Budget, BudgetViolation, check_budget, quantize
+from .context import Context
+from .contracts import Architecture, Encoder, Exploiter, Protector, TrainingMod
+from .data import DatasetLoader, ImageSet, Splits, make_splits
+from .hookspecs import hookimpl, hookspec
+from .params import ArenaError, Param, ParamError, ParamSpec
+from .trainer import Recipe, TrainResult, evaluate, train_victim
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Architecture", "ArenaError", "Budget", "BudgetViolation", "Context", "DatasetLoader", "Encoder",
+    "Exploiter", "ImageSet", "Param", "ParamError", "ParamSpec", "Protector", "Recipe", "Splits",
+    "TrainResult", "TrainingMod", "check_budget", "evaluate", "hookimpl", "hookspec", "make_splits",
+    "quantize", "train_victim", "__version__",
+]

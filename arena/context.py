@@ -1,0 +1,46 @@
+"""What the arena hands a plugin besides data: device, seeded randomness, progress, scratch and cache
+directories, and the arena's own trainer and model builder (so surrogates train as fast as victims)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import ImageSet
+from .models import build_model
+from .progress import Progress
+from .trainer import Recipe, TrainResult, train_victim
+
+
+@dataclass
+class Context:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="arena-")))
+    cache_dir: Path | None = None  # per-plugin persistent cache (surrogates, generators, DDPMs)
+    progress: Progress = field(default_factory=Progress)
+    recipe: Recipe = field(default_factory=Recipe)  # the tournament's victim recipe, for reference
+
+    def generator(self, offset: int = 0, device: torch.device | str | None = None) -> torch.Generator:
+        """A fresh generator seeded from the cell seed; ``offset`` separates independent streams."""
+        dev = torch.device(device) if device is not None else self.device
+        return torch.Generator(device=dev).manual_seed(self.seed * 1_000_003 + offset)
+
+    def build_model(self, arch: str, data: ImageSet, seed: int | None = None) -> torch.nn.Module:
+        c, h, _ = data.shape
+        return build_model(arch, data.num_classes, c, h, seed=self.seed if seed is None else seed).to(self.device)
+
+    def train(self, model: torch.nn.Module, data: ImageSet, recipe: Recipe, mods: list[Any] | None = None,
+              description: str = "surrogate") -> TrainResult:
+        """Train with the victim trainer (no test split: plugins never see it)."""
+        return train_victim(model, data, None, recipe, seed=self.seed, device=self.device, mods=mods,
+                            progress=self.progress, description=description)
+
+    def cache_path(self, name: str) -> Path:
+        base = self.cache_dir or (self.scratch / "cache")
+        base.mkdir(parents=True, exist_ok=True)
+        return base / name

@@ -1,0 +1,140 @@
+"""The plugin contracts: what a protector and an exploiter are, and what the arena hands them.
+
+This module plus ``docs``-style docstrings here are the single place the contracts are written down;
+``plugins/baselines.py`` is the worked example. See README "Writing a plugin".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from .budget import Budget
+from .data import ImageSet
+from .params import ParamSpec
+
+if TYPE_CHECKING:
+    from .context import Context
+
+
+class _Plugin:
+    """Shared parts: a name, declared params validated at construction, a version for cache keys."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    params: ClassVar[ParamSpec] = ParamSpec()
+    version: ClassVar[str] = "1"  # bump when outputs change: it is part of every cache key
+    kind: ClassVar[str] = "plugin"
+
+    def __init__(self, **params: Any) -> None:
+        self.p: dict[str, Any] = self.params.validate(params, owner=f"{self.kind} '{self.name}'")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.p})"
+
+
+class Protector(_Plugin):
+    """Turns the labeled train split into protected images of the same shape and labels.
+
+    Contract: ``protect(train, ctx)`` returns an :class:`ImageSet` (or a uint8 tensor) with the same
+    shape and labels; the arena checks it against ``budget(train)`` after uint8 quantization. The
+    protector sees only the train split it protects: never the test split or the raw pool.
+    """
+
+    kind: ClassVar[str] = "protector"
+
+    def budget(self, train: ImageSet) -> Budget:
+        raise NotImplementedError
+
+    def protect(self, train: ImageSet, ctx: Context) -> ImageSet | torch.Tensor:
+        raise NotImplementedError
+
+    # Optional, for label-free encryption of unseen images (ConfounderGAN):
+    supports_encoder: ClassVar[bool] = False
+
+    def fit(self, train: ImageSet, ctx: Context) -> Encoder:
+        raise NotImplementedError(f"protector '{self.name}' has no encoder")
+
+    def load_encoder(self, path: Path, ctx: Context) -> Encoder:
+        raise NotImplementedError(f"protector '{self.name}' has no encoder")
+
+
+class Encoder:
+    """A trained, saveable one-pass protector for new unlabeled images."""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x H x W in, uint8 out, within the protector's budget."""
+        raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        raise NotImplementedError
+
+
+class TrainingMod:
+    """A change to the victim's training recipe. Every method is optional; defaults change nothing.
+
+    Order inside a training step: base crop+flip -> ``transform_batch`` -> ``perturb_batch`` -> SGD step.
+    """
+
+    holdout_fraction: float = 0.0  # > 0: hold out this share of the protected train split as validation
+
+    def configure(self, recipe: Any) -> Any:
+        """Return a changed recipe (e.g. more epochs); called once before training."""
+        return recipe
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: float N x C x H x W in [0,1] on the device; y: int64 labels or N x K soft targets."""
+        return x, y
+
+    def perturb_batch(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      gen: torch.Generator) -> torch.Tensor:
+        """An inner maximization (adversarial training). The model arrives in train mode and must be
+        returned in train mode."""
+        return x
+
+    def extra_eval(self, model: torch.nn.Module, test_x: torch.Tensor, test_y: torch.Tensor,
+                   gen: torch.Generator) -> dict[str, float]:
+        """Extra metrics on the clean test split after training (e.g. robust accuracy)."""
+        return {}
+
+
+class Exploiter(_Plugin):
+    """Defeats protection at the data level (``purify``), the training level (``training_mod``) or both.
+
+    Contract: ``purify(protected, raw, ctx)`` receives the protected train split (images + labels) and,
+    when ``uses_raw_pool`` is True, the unlabeled raw pool (labels are -1); it returns an
+    :class:`ImageSet` or uint8 tensor of the same shape and labels, or ``None`` for "no data change".
+    It never receives clean train or test images.
+    """
+
+    kind: ClassVar[str] = "exploiter"
+    uses_raw_pool: ClassVar[bool] = False
+    composable: ClassVar[bool] = True  # may be combined with other exploiters in one cell
+
+    def purify(self, protected: ImageSet, raw: ImageSet | None, ctx: Context) -> ImageSet | torch.Tensor | None:
+        return None
+
+    def training_mod(self, ctx: Context) -> TrainingMod | None:
+        return None
+
+    @property
+    def has_purify(self) -> bool:
+        return type(self).purify is not Exploiter.purify
+
+    @property
+    def has_training_mod(self) -> bool:
+        return type(self).training_mod is not Exploiter.training_mod
+
+
+@dataclass
+class Architecture:
+    """A registered model family: ``build(num_classes, in_channels, image_size) -> nn.Module``."""
+
+    name: str
+    build: Any
+    summary: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,98 @@
+"""Typed, validated plugin parameters.
+
+Every plugin declares its parameters once; the same declaration validates tournament YAML, CLI
+flags and Python calls, so a bad value is rejected before any compute starts, with one line that
+names the parameter, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ArenaError(Exception):
+    """A user-facing error: its message is one line, printed without a traceback by the CLI."""
+
+
+class ParamError(ArenaError, ValueError):
+    """A parameter value is unknown, of the wrong type or out of range."""
+
+
+_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: type, default, and the accepted range or choices."""
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    optional: bool = False  # None is accepted (e.g. an optional checkpoint path)
+
+    def accepted(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        t = _TYPES.get(self.type, self.type.__name__)
+        if self.low is not None and self.high is not None:
+            return f"{t} in [{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"{t} >= {self.low}"
+        if self.high is not None:
+            return f"{t} <= {self.high}"
+        return t
+
+    def coerce(self, value: Any, owner: str) -> Any:
+        where = f"{owner}: param '{self.name}'"
+        if value is None and self.optional:
+            return None
+        t = self.type
+        ok = True
+        if t is bool:
+            ok = isinstance(value, bool)
+        elif t is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                value = float(value)
+        elif t is str:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+        if self.choices is not None and value not in self.choices:
+            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+        if self.low is not None and value < self.low:
+            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+        if self.high is not None and value > self.high:
+            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+        return value
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """The full parameter list of a plugin."""
+
+    params: tuple[Param, ...] = field(default_factory=tuple)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def validate(self, values: dict[str, Any] | None, owner: str) -> dict[str, Any]:
+        values = dict(values or {})
+        if not isinstance(values, dict):
+            raise ParamError(f"{owner}: params must be a mapping, got {type(values).__name__}")
+        by_name = {p.name: p for p in self.params}
+        unknown = sorted(set(values) - set(by_name))
+        if unknown:
+            valid = ", ".join(sorted(by_name)) or "(none)"
+            raise ParamError(f"{owner}: unknown param '{unknown[0]}'; valid params: {valid}")
+        out = {}
+        for p in self.params:
+            out[p.name] = p.coerce(values[p.name], owner) if p.name in values else p.default
+        return out

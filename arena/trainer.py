@@ -1,0 +1,257 @@
+"""The victim trainer: the papers' "unauthorized trainer", run once per cell, so it is the hot loop.
+
+The whole train split is one uint8 tensor on the device; each step indexes a batch, converts it to
+float there, and augments it in one batched op. No DataLoader, no per-sample Python. Exploiters change
+the recipe through :class:`arena.TrainingMod` objects; early stopping needs no stored checkpoints
+because the clean test accuracy of every epoch is already measured.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .augment import crop_flip
+from .contracts import TrainingMod
+from .data import ImageSet
+from .params import ArenaError, Param, ParamSpec
+from .progress import Progress
+
+
+class TrainingDiverged(ArenaError):
+    pass
+
+
+RECIPE_PARAMS = ParamSpec((
+    Param("epochs", int, 60, "passes over the train split", low=1),
+    Param("batch_size", int, 128, low=1),
+    Param("lr", float, 0.1, "peak SGD learning rate", low=0.0),
+    Param("momentum", float, 0.9, low=0.0, high=1.0),
+    Param("weight_decay", float, 5e-4, low=0.0),
+    Param("schedule", str, "cosine", choices=("cosine", "constant")),
+    Param("crop_pad", int, 4, "random-crop padding in pixels (0: no crop)", low=0),
+    Param("flip", bool, True, "random horizontal flip"),
+    Param("eval_batch_size", int, 1024, low=1),
+    Param("amp", str, "auto", "bf16 autocast: auto = on for CUDA", choices=("auto", "on", "off")),
+    Param("channels_last", str, "auto", choices=("auto", "on", "off")),
+    Param("compile", bool, False, "torch.compile the model (GPU, long runs)"),
+    Param("grad_clip", float, 0.0, "max grad norm, 0 = off", low=0.0),
+))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Defaults are the seed papers' victim recipe (METHODS.md)."""
+
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    crop_pad: int = 4
+    flip: bool = True
+    eval_batch_size: int = 1024
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    grad_clip: float = 0.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, owner: str = "recipe") -> Recipe:
+        return cls(**RECIPE_PARAMS.validate(values, owner))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    clean_acc: float  # clean test accuracy after the last epoch
+    best_acc: float  # peak clean test accuracy over epochs (an oracle stop)
+    best_epoch: int
+    acc_curve: list[float]
+    train_acc: float  # accuracy on the (augmented) training batches of the last epoch
+    seconds: float
+    epochs: int
+    selected_acc: float | None = None  # early stopping: test accuracy at the best-validation epoch
+    selected_epoch: int | None = None
+    val_curve: list[float] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
+    images_per_s: float = 0.0
+
+
+def _use(flag: str, device: torch.device) -> bool:
+    return flag == "on" or (flag == "auto" and device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024,
+             amp: bool = False, channels_last: bool = False) -> float:
+    """Accuracy of ``model`` (eval mode) on uint8 images already on the model's device."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    dev = images.device
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].float().div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        correct += int((out.argmax(1) == labels[i : i + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(1, images.shape[0])
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train_idx, val_idx) for early stopping's validation split."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    perm = torch.randperm(n, generator=gen)
+    k = max(1, int(round(fraction * n)))
+    return torch.sort(perm[k:]).values, torch.sort(perm[:k]).values
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay)
+
+
+def train_victim(
+    model: torch.nn.Module,
+    train: ImageSet,
+    test: ImageSet | None,
+    recipe: Recipe | None = None,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    mods: list[TrainingMod] | None = None,
+    progress: Progress | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model`` on ``train`` with the recipe changed by ``mods``; evaluate on ``test`` each epoch.
+
+    Deterministic for a seed on CPU: shuffling and augmentation draw from one seeded generator.
+    """
+    device = torch.device(device)
+    recipe = recipe or Recipe()
+    mods = list(mods or [])
+    for m in mods:
+        recipe = m.configure(recipe)
+    amp = _use(recipe.amp, device)
+    chl = _use(recipe.channels_last, device)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    x_all, y_all = train.images, train.labels
+    holdout = max([m.holdout_fraction for m in mods] + [0.0])
+    val_x = val_y = None
+    if holdout > 0:
+        tr_idx, va_idx = holdout_split(len(train), holdout, seed)
+        val_x, val_y = x_all[va_idx].to(device), y_all[va_idx].to(device)
+        x_all, y_all = x_all[tr_idx], y_all[tr_idx]
+    X, Y = x_all.to(device), y_all.to(device)
+    if test is not None:
+        TX, TY = test.images.to(device), test.labels.to(device)
+
+    model = model.to(device)
+    if chl:
+        model = model.to(memory_format=torch.channels_last)
+    run_model = torch.compile(model) if recipe.compile else model
+    opt = make_optimizer(model, recipe)
+    n = X.shape[0]
+    bs = min(recipe.batch_size, n)
+    steps_per_epoch = n // bs if n % bs < 2 else n // bs + 1  # a batch of 1 breaks BatchNorm
+    total = recipe.epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if recipe.schedule == "cosine":
+            return recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+        return recipe.lr
+
+    curve: list[float] = []
+    val_curve: list[float] = []
+    train_acc = 0.0
+    step = 0
+    t0 = time.perf_counter()
+    task = (progress or Progress()).task(description, total=recipe.epochs)
+    model.train()
+    try:
+        for _epoch in range(recipe.epochs):
+            perm = torch.randperm(n, generator=gen, device=device)
+            correct = torch.zeros((), device=device)
+            seen = 0
+            loss_sum = torch.zeros((), device=device)
+            for b in range(steps_per_epoch):
+                idx = perm[b * bs : (b + 1) * bs]
+                xb = X[idx].float().div_(255.0)
+                yb = Y[idx]
+                xb = crop_flip(xb, recipe.crop_pad, recipe.flip, gen)
+                target = yb
+                for m in mods:
+                    xb, target = m.transform_batch(xb, target, gen)
+                for m in mods:
+                    xb = m.perturb_batch(run_model, xb, target, gen)
+                if chl:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = run_model(xb)
+                    loss = F.cross_entropy(out.float(), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                opt.step()
+                step += 1
+                hard = target if target.dim() == 1 else target.argmax(1)
+                correct += (out.detach().argmax(1) == hard).sum()
+                loss_sum += loss.detach() * xb.shape[0]
+                seen += xb.shape[0]
+            epoch_loss = float(loss_sum) / max(seen, 1)
+            if not math.isfinite(epoch_loss):
+                raise TrainingDiverged(f"{description}: training loss became {epoch_loss} in epoch {_epoch + 1}")
+            train_acc = float(correct) / max(seen, 1)
+            info: dict[str, Any] = {"loss": epoch_loss}
+            if test is not None:
+                curve.append(evaluate(model, TX, TY, recipe.eval_batch_size, amp, chl))
+                info["test"] = curve[-1]
+            if val_x is not None:
+                val_curve.append(evaluate(model, val_x, val_y, recipe.eval_batch_size, amp, chl))
+                info["val"] = val_curve[-1]
+            task.advance(1, **info)
+    finally:
+        task.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    extra: dict[str, float] = {}
+    if test is not None:
+        for m in mods:
+            extra.update(m.extra_eval(model, TX, TY, gen))
+    best_epoch = max(range(len(curve)), key=lambda i: curve[i]) if curve else -1
+    sel_epoch = max(range(len(val_curve)), key=lambda i: val_curve[i]) if val_curve else None
+    return TrainResult(
+        clean_acc=curve[-1] if curve else float("nan"),
+        best_acc=curve[best_epoch] if curve else float("nan"),
+        best_epoch=best_epoch + 1,
+        acc_curve=curve,
+        train_acc=train_acc,
+        seconds=seconds,
+        epochs=recipe.epochs,
+        selected_acc=curve[sel_epoch] if (sel_epoch is not None and curve) else None,
+        selected_epoch=sel_epoch + 1 if sel_epoch is not None else None,
+        val_curve=val_curve,
+        extra=extra,
+        images_per_s=recipe.epochs * steps_per_epoch * bs / max(seconds, 1e-9),
+    )
+
+
+def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
+    return replace(recipe, epochs=epochs)
