@@ -80,6 +80,7 @@ class TrainingMod:
     """
 
     holdout_fraction: float = 0.0  # > 0: hold out this share of the protected train split as validation
+    num_classes: int = 0  # set by the trainer before ``configure``: the K of N x K soft targets (MixUp, CutMix)
 
     def configure(self, recipe: Any) -> Any:
         """Return a changed recipe (e.g. more epochs); called once before training."""

@@ -142,6 +142,7 @@ def train_victim(
     recipe = recipe or Recipe()
     mods = list(mods or [])
     for m in mods:
+        m.num_classes = train.num_classes
         recipe = m.configure(recipe)
     amp = _use(recipe.amp, device)
     chl = _use(recipe.channels_last, device)
