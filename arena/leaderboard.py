@@ -1,0 +1,88 @@
+"""The Parquet leaderboard: one file per finished cell, read back as one ``pyarrow.dataset``.
+
+Each row is written to ``.tmp-*`` and renamed, so readers (which skip dot-files) never see half a row,
+and a killed tournament loses at most the cells that were running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+
+SCHEMA = pa.schema([
+    ("tournament", pa.string()), ("dataset", pa.string()), ("dataset_params", pa.string()),
+    ("train_images", pa.int64()),
+    ("protector", pa.string()), ("protector_params", pa.string()),
+    ("exploiter", pa.string()), ("exploiter_params", pa.string()),
+    ("architecture", pa.string()), ("recipe", pa.string()),
+    ("poison_ratio", pa.float64()), ("train_subset", pa.string()), ("seed", pa.int64()),
+    ("status", pa.string()), ("error", pa.string()),
+    ("clean_acc", pa.float64()), ("best_acc", pa.float64()), ("best_epoch", pa.int64()),
+    ("selected_acc", pa.float64()), ("robust_acc", pa.float64()),
+    ("acc_curve", pa.list_(pa.float64())), ("train_acc", pa.float64()), ("epochs", pa.int64()),
+    ("noise_linf", pa.float64()), ("noise_l2", pa.float64()), ("patch_area", pa.float64()),
+    ("psnr", pa.float64()), ("ssim", pa.float64()), ("lpips", pa.float64()),
+    ("purify_psnr", pa.float64()), ("purify_ssim", pa.float64()),
+    ("protect_s", pa.float64()), ("purify_s", pa.float64()), ("train_s", pa.float64()),
+    ("images_per_s", pa.float64()),
+    ("device", pa.string()), ("arena_version", pa.string()), ("torch_version", pa.string()),
+    ("git_sha", pa.string()), ("config_hash", pa.string()), ("cell_key", pa.string()),
+    ("extra", pa.string()), ("finished_at", pa.timestamp("s", tz="UTC")),
+], metadata={"arena_schema_version": SCHEMA_VERSION})
+
+
+def row_path(out_dir: Path, cell_key: str) -> Path:
+    return Path(out_dir) / f"cell-{cell_key}.parquet"
+
+
+def finished_keys(out_dir: Path, statuses: tuple[str, ...] | None = None) -> set[str]:
+    """Cell keys that already have a row (optionally only rows with the given statuses)."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return set()
+    keys = {p.name[len("cell-"):-len(".parquet")] for p in out_dir.glob("cell-*.parquet")}
+    if statuses is None or not keys:
+        return keys
+    t = read_table(out_dir, columns=["cell_key", "status"])
+    return {k for k, s in zip(t.column("cell_key").to_pylist(), t.column("status").to_pylist()) if s in statuses}
+
+
+def write_row(out_dir: Path, row: dict[str, Any]) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    values = {}
+    for f in SCHEMA:
+        v = row.get(f.name)
+        if f.name == "extra" and v is not None and not isinstance(v, str):
+            v = json.dumps(v, default=float, sort_keys=True)
+        values[f.name] = [v]
+    table = pa.table(values, schema=SCHEMA)
+    path = row_path(out_dir, row["cell_key"])
+    tmp = out_dir / f".tmp-{os.getpid()}-{path.name}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_table(path: Path | str, columns: list[str] | None = None) -> pa.Table:
+    """All rows under ``path`` (a directory of cell files, or one Parquet file)."""
+    path = Path(path)
+    if path.is_dir() and not any(path.glob("*.parquet")):
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+    ds = pds.dataset(str(path), format="parquet", schema=SCHEMA)
+    return ds.to_table(columns=columns)
+
+
+def read_rows(path: Path | str) -> list[dict[str, Any]]:
+    rows = read_table(path).to_pylist()
+    rows.sort(key=lambda r: (r["tournament"] or "", r["dataset"] or "", r["architecture"] or "",
+                             r["protector"] or "", r["exploiter"] or "", r["poison_ratio"] or 0, r["seed"] or 0))
+    return rows

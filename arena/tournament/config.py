@@ -1,0 +1,326 @@
+"""Tournament YAML: parsed and validated completely before anything runs.
+
+Every problem is one line naming the file, the key path, the value and what is accepted, so a typo
+costs seconds, not the hour a grid would have run before tripping over it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data import resolve_root
+from ..params import ArenaError
+from ..registry import Registry, get_registry
+from ..trainer import RECIPE_PARAMS, Recipe
+
+
+class ConfigError(ArenaError):
+    pass
+
+
+CONTROL_LABEL = "(clean part only)"  # exploiter column of the partial-poisoning control rows
+
+
+TOP_KEYS = {
+    "name": "tournament name (str)",
+    "description": "free text",
+    "datasets": "list of data sets",
+    "protectors": "list of protectors",
+    "exploiters": "list of exploiters",
+    "architectures": "list of architectures",
+    "recipe": "victim training recipe",
+    "poison_ratios": "list of floats in (0, 1]",
+    "seeds": "list of ints",
+    "resources": "cpus_per_trial, gpus_per_trial, max_concurrent",
+    "output": "output directory",
+    "plugins": "extra plugin modules to load (import paths)",
+    "split_seed": "seed of the train/raw/test split (int)",
+}
+DATASET_KEYS = ("name", "params", "root", "download", "train", "test", "raw_fraction")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "retries")
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    name: str
+    params: dict[str, Any]
+
+    def as_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class ExploiterSpec:
+    """One exploiter column: a single exploiter or a composition applied together."""
+
+    parts: tuple[PluginSpec, ...]
+
+    @property
+    def label(self) -> str:
+        return "+".join(p.name for p in self.parts) if self.parts else CONTROL_LABEL
+
+    def params_json(self) -> str:
+        if len(self.parts) == 1:
+            return self.parts[0].as_json()
+        return json.dumps([{"name": p.name, "params": p.params} for p in self.parts], sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    params: dict[str, Any]
+    root: str | None
+    download: bool
+    train: int | None
+    test: int | None
+    raw_fraction: float
+
+    @property
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return self.name + (f"[{extra}]" if extra else "")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    recipe: Recipe
+    only_protectors: tuple[str, ...] | None = None
+    only_exploiters: tuple[str, ...] | None = None
+
+
+@dataclass
+class TournamentConfig:
+    name: str
+    path: Path
+    datasets: list[DatasetSpec]
+    protectors: list[PluginSpec]
+    exploiters: list[ExploiterSpec]
+    architectures: list[ArchSpec]
+    recipe: Recipe
+    poison_ratios: list[float]
+    seeds: list[int]
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    retries: int
+    output: Path
+    plugin_modules: list[str] = field(default_factory=list)
+    split_seed: int = 0
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class _V:
+    """Validation helpers that know the file name for their messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def err(self, key: str, value: Any, accepted: str) -> ConfigError:
+        shown = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return ConfigError(f"{self.path}: {key} = {shown}: expected {accepted}")
+
+    def mapping(self, v: Any, key: str) -> dict:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self.err(key, v, "a mapping")
+        return v
+
+    def seq(self, v: Any, key: str, allow_empty: bool = False) -> list:
+        if v is None:
+            v = []
+        if not isinstance(v, list) or (not v and not allow_empty):
+            raise self.err(key, v, "a non-empty list")
+        return v
+
+    def keys(self, d: dict, allowed: Any, key: str) -> None:
+        for k in d:
+            if k not in allowed:
+                raise self.err(f"{key}.{k}" if key else str(k), d[k], f"a known key; valid keys: {', '.join(allowed)}")
+
+
+def _plugin_spec(v: _V, item: Any, key: str, kind: str, reg: Registry) -> PluginSpec:
+    if isinstance(item, str):
+        name, params = item, {}
+    elif isinstance(item, dict):
+        v.keys(item, ("name", "params"), key)
+        name, params = item.get("name"), v.mapping(item.get("params"), f"{key}.params")
+    else:
+        raise v.err(key, item, f"a {kind[:-1]} name or {{name, params}}")
+    table = reg.tables[kind]
+    if name not in table:
+        raise v.err(f"{key}.name" if isinstance(item, dict) else key, name,
+                    f"a registered {kind[:-1]}; valid choices: {', '.join(sorted(table))}")
+    try:
+        validated = table[name].obj.params.validate(params, owner=f"{kind[:-1]} '{name}'")
+    except ArenaError as e:
+        raise ConfigError(f"{v.path}: {key}: {e}") from None
+    return PluginSpec(name, validated)
+
+
+def _exploiter_spec(v: _V, item: Any, key: str, reg: Registry) -> ExploiterSpec:
+    if isinstance(item, dict) and "combine" in item:
+        v.keys(item, ("combine",), key)
+        parts = tuple(_plugin_spec(v, p, f"{key}.combine[{i}]", "exploiters", reg)
+                      for i, p in enumerate(v.seq(item["combine"], f"{key}.combine")))
+        lone = [p.name for p in parts if not reg.tables["exploiters"][p.name].obj.composable]
+        if len(parts) > 1 and lone:
+            raise v.err(f"{key}.combine", [p.name for p in parts], f"composable exploiters ('{lone[0]}' must run alone)")
+        return ExploiterSpec(parts)
+    return ExploiterSpec((_plugin_spec(v, item, key, "exploiters", reg),))
+
+
+def _recipe(v: _V, d: Any, key: str, base: dict | None = None) -> Recipe:
+    d = v.mapping(d, key)
+    try:
+        return Recipe(**RECIPE_PARAMS.validate({**(base or {}), **d}, owner=key))
+    except ArenaError as e:
+        raise ConfigError(f"{v.path}: {e}") from None
+
+
+def _num(v: _V, x: Any, key: str, typ: type, low: float | None = None, high: float | None = None,
+         low_open: bool = False) -> Any:
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and (typ is float or isinstance(x, int))
+    if ok and low is not None:
+        ok = x > low if low_open else x >= low
+    if ok and high is not None:
+        ok = x <= high
+    if not ok:
+        lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
+        hi = "" if high is None else f"<= {high}"
+        raise v.err(key, x, f"{typ.__name__} {' and '.join(s for s in (lo, hi) if s)}".strip())
+    return typ(x)
+
+
+def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str | None = None) -> TournamentConfig:
+    v = _V(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping of keys ({', '.join(TOP_KEYS)})")
+    v.keys(raw, list(TOP_KEYS), "")
+    plugin_modules = [str(m) for m in v.seq(raw.get("plugins"), "plugins", allow_empty=True)]
+    if reg is None:
+        reg = get_registry()
+    if plugin_modules:
+        from .worker import load_extra_plugins
+
+        try:
+            load_extra_plugins(reg, plugin_modules)
+        except ArenaError as e:
+            raise ConfigError(f"{path}: plugins: {e}") from None
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise v.err("name", name, "a non-empty string")
+
+    datasets = []
+    for i, d in enumerate(v.seq(raw.get("datasets"), "datasets")):
+        key = f"datasets[{i}]"
+        if isinstance(d, str):
+            d = {"name": d}
+        d = v.mapping(d, key)
+        v.keys(d, DATASET_KEYS, key)
+        dname = d.get("name")
+        if dname not in reg.tables["datasets"]:
+            raise v.err(f"{key}.name", dname, f"a registered data set; valid choices: {', '.join(reg.names('datasets'))}")
+        loader = reg.dataset(dname)
+        try:
+            dparams = loader.params.validate(v.mapping(d.get("params"), f"{key}.params"), owner=f"dataset '{dname}'")
+        except ArenaError as e:
+            raise ConfigError(f"{path}: {key}.params: {e}") from None
+        root = d.get("root")
+        if root is not None and not isinstance(root, str):
+            raise v.err(f"{key}.root", root, "a path string")
+        download = d.get("download", False)
+        if not isinstance(download, bool):
+            raise v.err(f"{key}.download", download, "true or false")
+        if loader.needs_root and not download:
+            resolved = resolve_root(root, dname)
+            if resolved is None:
+                raise v.err(f"{key}.root", root, f"a data root for '{dname}' (set root, pass --data-root or ARENA_DATA)")
+            if not resolved.exists():
+                raise v.err(f"{key}.root", str(resolved), "an existing directory")
+        train = d.get("train")
+        test = d.get("test")
+        datasets.append(DatasetSpec(
+            dname, dparams, root, download,
+            None if train is None else _num(v, train, f"{key}.train", int, 1),
+            None if test is None else _num(v, test, f"{key}.test", int, 1),
+            _num(v, d.get("raw_fraction", 0.1), f"{key}.raw_fraction", float, 0.0, 0.95),
+        ))
+
+    protectors = [_plugin_spec(v, p, f"protectors[{i}]", "protectors", reg)
+                  for i, p in enumerate(v.seq(raw.get("protectors"), "protectors"))]
+    exploiters = [_exploiter_spec(v, e, f"exploiters[{i}]", reg)
+                  for i, e in enumerate(v.seq(raw.get("exploiters", ["none"]), "exploiters"))]
+    for kind, items in (("protectors", [p.name + p.as_json() for p in protectors]),
+                        ("exploiters", [e.label + e.params_json() for e in exploiters])):
+        if len(set(items)) != len(items):
+            dup = next(x for x in items if items.count(x) > 1)
+            raise v.err(kind, dup, "each entry at most once")
+
+    base_recipe = v.mapping(raw.get("recipe"), "recipe")
+    recipe = _recipe(v, base_recipe, "recipe")
+    archs = []
+    for i, a in enumerate(v.seq(raw.get("architectures", ["resnet18"]), "architectures")):
+        key = f"architectures[{i}]"
+        if isinstance(a, str):
+            a = {"name": a}
+        a = v.mapping(a, key)
+        v.keys(a, ("name", "recipe", "protectors", "exploiters"), key)
+        an = a.get("name")
+        if an not in reg.tables["architectures"]:
+            raise v.err(f"{key}.name", an, f"a registered architecture; valid choices: {', '.join(reg.names('architectures'))}")
+        only_p = a.get("protectors")
+        only_e = a.get("exploiters")
+        labels_p = {p.name for p in protectors}
+        labels_e = {e.label for e in exploiters}
+        for sel, labels, k in ((only_p, labels_p, "protectors"), (only_e, labels_e, "exploiters")):
+            if sel is None:
+                continue
+            for j, s in enumerate(v.seq(sel, f"{key}.{k}")):
+                if s not in labels:
+                    raise v.err(f"{key}.{k}[{j}]", s, f"one of this tournament's {k}: {', '.join(sorted(labels))}")
+        archs.append(ArchSpec(an, _recipe(v, a.get("recipe"), f"{key}.recipe", base_recipe),
+                              tuple(only_p) if only_p else None, tuple(only_e) if only_e else None))
+
+    ratios = [_num(v, r, f"poison_ratios[{i}]", float, 0.0, 1.0, low_open=True)
+              for i, r in enumerate(v.seq(raw.get("poison_ratios", [1.0]), "poison_ratios"))]
+    seeds = [_num(v, s, f"seeds[{i}]", int, 0) for i, s in enumerate(v.seq(raw.get("seeds", [0]), "seeds"))]
+    res = v.mapping(raw.get("resources"), "resources")
+    v.keys(res, RESOURCE_KEYS, "resources")
+    cpus = _num(v, res.get("cpus_per_trial", 1), "resources.cpus_per_trial", float, 0.0, low_open=True)
+    gpus = _num(v, res.get("gpus_per_trial", 0), "resources.gpus_per_trial", float, 0.0)
+    maxc = res.get("max_concurrent")
+    maxc = None if maxc is None else _num(v, maxc, "resources.max_concurrent", int, 1)
+    retries = _num(v, res.get("retries", 2), "resources.retries", int, 0)
+    out = output or raw.get("output") or f"runs/{name}"
+    if not isinstance(out, str):
+        raise v.err("output", out, "a directory path")
+    split_seed = _num(v, raw.get("split_seed", 0), "split_seed", int, 0)
+    return TournamentConfig(name, path, datasets, protectors, exploiters, archs, recipe, ratios, seeds, cpus, gpus,
+                            maxc, retries, Path(out), plugin_modules, split_seed, raw)
+
+
+def load_config(path: str | Path, output: str | None = None, reg: Registry | None = None) -> TournamentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such tournament file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML ({problem})") from None
+    return parse_config(raw, path, reg, output)

@@ -1,0 +1,153 @@
+"""Stage execution inside a worker process (a Ray actor, or the driver itself in tests).
+
+Workers build their own plugin registry from entry points plus the tournament's extra plugin modules:
+driver-only plugins do not exist in a worker. A worker keeps loaded splits between cells so a GPU
+actor reuses the data it already has.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..budget import BudgetViolation
+from ..context import Context
+from ..data import ImageSet, Splits
+from ..params import ArenaError
+from ..registry import Registry, get_registry
+from ..stages import exploit_inputs, run_protect, run_purify, run_train
+from .grid import CLEAN_ONLY, Cell, ProtectJob, PurifyJob
+from .stagecache import StageCache
+
+
+def load_extra_plugins(reg: Registry, modules: list[str]) -> None:
+    """Import the tournament's ``plugins:`` modules and register them (once per registry)."""
+    for mod_name in modules:
+        if reg.pm.get_plugin(mod_name) is not None:
+            continue
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise ArenaError(f"cannot import plugin module '{mod_name}': {e}") from None
+        reg.register_plugin(mod, name=mod_name)
+
+
+def _error_text(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if not isinstance(e, ArenaError) else msg
+
+
+def _status(e: BaseException) -> str:
+    return "invalid" if isinstance(e, BudgetViolation) else "failed"
+
+
+class StageRunner:
+    """Runs protect / purify / train jobs against the stage cache. Every method returns a small dict
+    (status, error, metrics): large arrays stay on disk and never enter Ray's object store."""
+
+    def __init__(self, cache_root: str, device: str = "cpu", threads: int | None = None,
+                 plugin_modules: list[str] | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.cache = StageCache(Path(cache_root))
+        self.device = torch.device(device)
+        self.reg = get_registry()
+        load_extra_plugins(self.reg, plugin_modules or [])
+        self._splits: dict[str, Splits] = {}
+
+    # -- data ------------------------------------------------------------------------------------
+    def splits(self, data_key: str) -> Splits:
+        if data_key not in self._splits:
+            d = self.cache.data_dir(data_key)
+            self._splits[data_key] = Splits(ImageSet.load(d / "train.npz"), ImageSet.load(d / "raw.npz"),
+                                            ImageSet.load(d / "test.npz"))
+        return self._splits[data_key]
+
+    def _ctx(self, seed: int, plugin: str) -> Context:
+        scratch = self.cache.root / "scratch" / plugin
+        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=self.cache.root / "plugins" / plugin)
+
+    # -- stages ----------------------------------------------------------------------------------
+    def protect(self, job: ProtectJob) -> dict[str, Any]:
+        if self.cache.has("protect", job.key):
+            return {**self.cache.meta("protect", job.key), "cached": True}
+        try:
+            protector = self.reg.protector(job.protector.name, job.protector.params)
+            out = run_protect(protector, self.splits(job.data_key).train, self._ctx(job.seed, job.protector.name))
+            meta = {"status": "ok", "error": None, "metrics": out.metrics, "seconds": out.seconds}
+            self.cache.save("protect", job.key, out.data, meta)
+        except Exception as e:  # a plugin failure fails its cells, never the tournament
+            meta = {"status": _status(e), "error": f"protect: {_error_text(e)}", "metrics": {}, "seconds": 0.0,
+                    "traceback": traceback.format_exc(limit=8)}
+        return meta
+
+    def _mixed(self, job: PurifyJob) -> ImageSet:
+        """Partial poisoning: a fixed, seeded subset of the train split carries the protection."""
+        clean = self.splits(job.data_key).train
+        protected = self.cache.load("protect", job.protect_key) if job.protect_key else None
+        if job.poison_ratio >= 1.0 and protected is not None:
+            return protected
+        n = len(clean)
+        g = torch.Generator().manual_seed(job.seed * 1009 + int(round(job.poison_ratio * 1000)))
+        perm = torch.randperm(n, generator=g)
+        k = int(round(job.poison_ratio * n))
+        poisoned = torch.zeros(n, dtype=torch.bool)
+        poisoned[perm[:k]] = True
+        if job.subset == CLEAN_ONLY or protected is None:
+            return clean.subset(torch.nonzero(~poisoned).flatten(), origin="train")
+        images = torch.where(poisoned[:, None, None, None], protected.images, clean.images)
+        return protected.with_images(images, protected.origin)
+
+    def purify(self, job: PurifyJob) -> dict[str, Any]:
+        if self.cache.has("purify", job.key):
+            return {**self.cache.meta("purify", job.key), "cached": True}
+        try:
+            data = self._mixed(job)
+            metrics: dict[str, Any] = {}
+            seconds = 0.0
+            if job.subset != CLEAN_ONLY:
+                exploiters = [self.reg.exploiter(p.name, p.params) for p in job.exploiter.parts]
+                inputs, raw = exploit_inputs(exploiters, data, self.splits(job.data_key))
+                out = run_purify(exploiters, inputs, raw, self._ctx(job.seed, job.exploiter.label))
+                data, metrics, seconds = out.data, out.metrics, out.seconds
+            meta = {"status": "ok", "error": None, "metrics": metrics, "seconds": seconds}
+            self.cache.save("purify", job.key, data, meta)
+        except Exception as e:
+            meta = {"status": _status(e), "error": f"purify: {_error_text(e)}", "metrics": {}, "seconds": 0.0,
+                    "traceback": traceback.format_exc(limit=8)}
+        return meta
+
+    def train(self, cell: Cell) -> dict[str, Any]:
+        """Train + evaluate one cell and return its leaderboard fields."""
+        t0 = time.perf_counter()
+        try:
+            data = self.cache.load("purify", cell.purify_key)
+            exploiters = ([self.reg.exploiter(p.name, p.params) for p in cell.exploiter.parts]
+                          if cell.subset != CLEAN_ONLY else [])
+            ctx = self._ctx(cell.seed, cell.exploiter.label)
+            res = run_train(cell.arch.name, data, self.splits(cell.data_key).test, cell.arch.recipe, seed=cell.seed,
+                            ctx=ctx, exploiters=exploiters, description=cell.label())
+            if not math.isfinite(res.clean_acc):
+                raise ArenaError("victim accuracy is not finite")
+            return {"status": "ok", "error": None, "clean_acc": res.clean_acc, "best_acc": res.best_acc,
+                    "best_epoch": res.best_epoch, "selected_acc": res.selected_acc, "selected_epoch": res.selected_epoch,
+                    "acc_curve": res.acc_curve, "val_curve": res.val_curve, "train_acc": res.train_acc,
+                    "train_s": res.seconds, "epochs": res.epochs, "train_images": len(data),
+                    "images_per_s": res.images_per_s, "extra": res.extra, "device": self.device_name()}
+        except Exception as e:
+            return {"status": _status(e), "error": f"train: {_error_text(e)}", "train_s": time.perf_counter() - t0,
+                    "device": self.device_name(), "traceback": traceback.format_exc(limit=8)}
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu x{torch.get_num_threads()}"
+
+    def ping(self) -> bool:
+        return True
