@@ -20,6 +20,14 @@ def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
+def value(r: dict[str, Any], metric: str) -> Any:
+    """A cell's number. For ``clean_acc`` that is the accuracy of the model the attacker keeps: the
+    best-validation epoch's (``selected_acc``) when an exploiter selected one (early stopping)."""
+    if metric == "clean_acc" and r.get("selected_acc") is not None:
+        return r["selected_acc"]
+    return r[metric]
+
+
 def group_key(r: dict[str, Any]) -> tuple:
     return (r["tournament"], r["dataset"], r["dataset_params"], r["architecture"], r["poison_ratio"])
 
@@ -47,7 +55,7 @@ def matrices(rows: list[dict[str, Any]], metric: str = "clean_acc") -> list[dict
                     continue
                 ok = [r for r in sel if r["status"] == "ok"]
                 statuses = sorted({r["status"] for r in sel})
-                cells[p][e] = {"value": _mean([r[metric] for r in ok]), "n": len(ok),
+                cells[p][e] = {"value": _mean([value(r, metric) for r in ok]), "n": len(ok),
                                "status": "ok" if ok else statuses[0],
                                "error": next((r["error"] for r in sel if r["error"]), None),
                                "seeds": len(sel)}
@@ -62,7 +70,7 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
     ok = [r for r in rows if r["status"] == "ok" and r["train_subset"] != CONTROL and r["poison_ratio"] >= 1.0]
     by_setting: dict[tuple, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in ok:
-        by_setting[group_key(r)][(r["protector"], r["exploiter"])].append(r[metric])
+        by_setting[group_key(r)][(r["protector"], r["exploiter"])].append(value(r, metric))
     prot_worst: dict[str, list[float]] = defaultdict(list)
     prot_which: dict[str, list[str]] = defaultdict(list)
     expl_gain: dict[str, list[float]] = defaultdict(list)

@@ -82,7 +82,7 @@ def check_budget(budget: Budget, clean: torch.Tensor, protected: torch.Tensor, w
         if m["l2"] > budget.value + 1e-6:
             raise BudgetViolation(f"{who}: L2 {m['l2']:.4f} exceeds the declared {budget.value:.4f}")
     elif budget.kind == "patch":
-        if m["patch_area"] > budget.value + 1e-9:
+        if m["patch_area"] > budget.value + 1e-6:
             raise BudgetViolation(
                 f"{who}: changed area {m['patch_area']:.3f} of the image exceeds the declared patch area {budget.value:.3f}")
     return m

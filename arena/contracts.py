@@ -1,7 +1,7 @@
 """The plugin contracts: what a protector and an exploiter are, and what the arena hands them.
 
 This module plus ``docs``-style docstrings here are the single place the contracts are written down;
-``plugins/baselines.py`` is the worked example. See README "Writing a plugin".
+``plugins/classwise_noise.py`` (protector) and ``plugins/none.py`` are worked examples. See README "Writing a plugin".
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ names the parameter, the value and what is accepted.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,11 +35,15 @@ class Param:
     high: float | None = None
     choices: tuple | None = None
     optional: bool = False  # None is accepted (e.g. an optional checkpoint path)
+    pattern: str | None = None  # str params: a regex the whole value must match (e.g. r"\d+(,\d+)+")
+    example: str | None = None  # str params with a pattern: a valid value, shown in the error message
 
     def accepted(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         t = _TYPES.get(self.type, self.type.__name__)
+        if self.pattern is not None:
+            return f"{t} matching {self.pattern!r}" + (f", e.g. {self.example!r}" if self.example else "")
         if self.low is not None and self.high is not None:
             return f"{t} in [{self.low}, {self.high}]"
         if self.low is not None:
@@ -64,6 +69,8 @@ class Param:
         elif t is str:
             ok = isinstance(value, str)
         if not ok:
+            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+        if self.pattern is not None and isinstance(value, str) and re.fullmatch(self.pattern, value) is None:
             raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
         if self.choices is not None and value not in self.choices:
             raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")

@@ -78,6 +78,10 @@ def exploit_inputs(exploiters: list[Exploiter], protected: ImageSet, splits: Spl
 
 
 def check_composable(exploiters: list[Exploiter]) -> None:
+    names = [e.name for e in exploiters]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # e.g. two PGD attacks in a row would reach twice the declared radius: use params instead
+        raise ArenaError(f"exploiter '{twice[0]}' appears twice in one combination (got {' + '.join(names)})")
     if len(exploiters) > 1:
         lone = [e.name for e in exploiters if not e.composable]
         if lone:

@@ -9,6 +9,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tournament", help="run a protector x exploiter x architecture grid from a YAML file")
     p.add_argument("file", help="tournament YAML, e.g. tournaments/quick.yaml")
     p.add_argument("--output", default=None, help="output directory (overrides the file's 'output')")
+    p.add_argument("--data-root", default=None,
+                   help="where data sets without a 'root' in the file live (sets $ARENA_DATA for every worker)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or an embedded instance)")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells whose row is 'failed' or 'invalid'")
     p.add_argument("--dry-run", action="store_true", help="validate and show the stage counts, run nothing")
@@ -16,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from rich.console import Console
 
     from ..tournament.config import load_config
@@ -24,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from ..tournament.stagecache import StageCache
 
     console = Console()
+    if args.data_root:
+        os.environ["ARENA_DATA"] = args.data_root
     cfg = load_config(args.file, output=args.output)
     if args.dry_run:
         from ..registry import get_registry

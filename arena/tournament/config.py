@@ -175,6 +175,10 @@ def _exploiter_spec(v: _V, item: Any, key: str, reg: Registry) -> ExploiterSpec:
         v.keys(item, ("combine",), key)
         parts = tuple(_plugin_spec(v, p, f"{key}.combine[{i}]", "exploiters", reg)
                       for i, p in enumerate(v.seq(item["combine"], f"{key}.combine")))
+        names = [p.name for p in parts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise v.err(f"{key}.combine", names, f"distinct exploiters ('{twice[0]}' appears twice)")
         lone = [p.name for p in parts if not reg.tables["exploiters"][p.name].obj.composable]
         if len(parts) > 1 and lone:
             raise v.err(f"{key}.combine", [p.name for p in parts], f"composable exploiters ('{lone[0]}' must run alone)")

@@ -1,0 +1,114 @@
+"""Sample-wise error-minimizing noise (EMN; Huang et al., "Unlearnable Examples", ICLR 2021).
+
+The noise makes every training image *too easy*: a model trained on x + delta finds a near-zero
+loss through the noise and stops learning the image content, so clean test accuracy collapses.
+It solves min_theta min_delta CE(f_theta(x + delta), y) with ||delta||_inf <= eps by alternation::
+
+    delta_i <- 0 for every training image i            (one delta per image)
+    f <- surrogate (ResNet-18) trained from scratch; SGD lr 0.1 (constant), momentum 0.9,
+         wd 5e-4, grad-norm clip 5, batch 512, no augmentation
+    repeat
+        M = 10 SGD steps of f on clamp(x + delta)      (BatchNorm in train mode)
+        for every training image, 20 steps of          (BatchNorm in eval mode, weights frozen)
+            x' <- clamp(x' - step * sign(grad_x' CE(f(x'), y)), 0, 1);  delta = clamp(x' - x, -eps, eps)
+        error <- error of f on clamp(x + delta) over the whole train split
+    until error < stop_error (0.01, i.e. > 99 % surrogate training accuracy)
+    store round(clamp(255 * (x + delta), 0, 255)) as uint8
+
+eps is 8/255 for images up to 64 px and 16/255 above (``eps=None``, the default, picks by size);
+the step is eps/10 (``step=None``).
+
+Differences from the reference code (github.com/HanxunH/Unlearnable-Examples), on purpose:
+
+- Noise is indexed by sample position, never by label. The reference ``PoisonImageNetMini`` loader
+  looks the sample-wise noise tensor up as ``perturb_tensor[target]`` (the label), which silently
+  turned sample-wise noise into class-wise noise (from the first 100 images' noise) on ImageNet;
+  here ``delta[i]`` belongs to image ``i`` by construction.
+- The stored image is rounded and keeps negative noise. The reference poisoned loaders
+  (``PoisonCIFAR10`` and the others) apply ``noise.mul(255).clamp_(0, 255)``, which drops every
+  negative component, and then truncate with ``astype(np.uint8)`` (a floor): half the optimized
+  perturbation never reached the victim. Here the image is ``round(clamp(255 * (x + delta), 0, 255))``.
+- The reference iterates an unshuffled loader for the model steps; here the M steps draw seeded
+  shuffled batches (the surrogate sees the same data, in a random order that does not depend on
+  the data set's file order).
+- The model steps and the stop test use clamp(x + delta, 0, 1), the images that will be stored; the
+  reference feeds x + delta unclamped there. The stop test reads the surrogate in eval mode, as the
+  reference effectively does (its last ``model.eval()`` is from the noise pass).
+- ``max_rounds`` bounds the loop (the reference loops until the target is met). Hitting it raises a
+  RuntimeWarning and is recorded in ``last_info["hit_max_rounds"]``.
+
+The protected images, the run info and the surrogate are cached under ``ctx.cache_path`` keyed by
+the input's content hash, the params, the seed and ``version``, so a rerun costs one file read.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from arena import Budget, ImageSet, ParamSpec, Protector, hookimpl, quantize
+from plugins import emn_common as emn
+
+
+class EMNSamplewise(Protector):
+    name = "emn-samplewise"
+    summary = "error-minimizing noise, one delta per image (Huang et al., ICLR 2021)"
+    version = "1"
+    params = ParamSpec(emn.common_params(stop_error=0.01, pgd_steps=20, max_rounds=200))
+
+    def budget(self, train: ImageSet) -> Budget:
+        return Budget("linf", emn.resolved(self.p, train)[0])
+
+    def protect(self, train: ImageSet, ctx: Any) -> ImageSet:
+        p = self.p
+        eps, step = emn.resolved(p, train)
+        path = emn.cache_file(ctx, self.name, self.version, train, {**p, "eps": eps, "step": step})
+        hit = emn.load_cached(path, train)
+        if hit is not None:
+            images, info = hit
+            self.last_info = {**info, "cached": True}
+            return train.with_images(images, origin=f"protected:{self.name}")
+
+        t0 = time.perf_counter()
+        dev = ctx.device
+        X, Y = train.images.to(dev), train.labels.to(dev)
+        n = X.shape[0]
+        delta = torch.zeros(X.shape, dtype=torch.float32, device=dev)
+        model, opt = emn.make_surrogate(p, train, ctx)
+        batches = emn.BatchCycler(n, p["batch_size"], ctx.generator(101, device=dev), dev)
+
+        def noise_of(idx: torch.Tensor) -> torch.Tensor:
+            return delta[idx]
+
+        task = ctx.progress.task(f"{self.name} rounds", total=p["max_rounds"])
+        err, rounds = 1.0, 0
+        try:
+            for rounds in range(1, p["max_rounds"] + 1):
+                emn.model_steps(model, opt, batches, p["model_steps"], X, Y, noise_of, p["grad_clip"])
+                with emn.frozen(model):
+                    for i in range(0, n, p["batch_size"]):
+                        sl = slice(i, min(i + p["batch_size"], n))
+                        x = X[sl].float().div_(255.0)
+                        delta[sl] = emn.min_min(model, x, Y[sl], delta[sl], eps, step, p["pgd_steps"])
+                err = emn.error_rate(model, X, Y, noise_of, p["batch_size"])
+                task.advance(1, round=rounds, train_acc=1.0 - err)
+                if err < p["stop_error"]:
+                    break
+        finally:
+            task.close()
+        hit_max = err >= p["stop_error"]
+        if hit_max:
+            emn.warn_max_rounds(self.name, rounds, err, p["stop_error"])
+        images = quantize(train.images, delta.cpu(), eps)
+        info = {"rounds": rounds, "surrogate_train_acc": 1.0 - err, "hit_max_rounds": hit_max,
+                "eps": eps, "step": step, "seconds": time.perf_counter() - t0}
+        emn.save_cached(path, images, info, model)
+        self.last_info = {**info, "cached": False}
+        return train.with_images(images, origin=f"protected:{self.name}")
+
+
+@hookimpl
+def arena_register_protectors(register) -> None:
+    register(EMNSamplewise)

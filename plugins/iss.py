@@ -1,0 +1,116 @@
+"""Image shortcut squeezing (ISS; Liu, Zhao & Larson, ICML 2023): simple compressions of the training
+images that erase the shortcut an unlearnable perturbation plants.
+
+Algorithm (data level, on the protected train split only; the test split stays clean):
+
+- ``iss-grayscale``: ``L = 0.299 R + 0.587 G + 0.114 B``, copied to the three channels. Kills
+  colour-structured noise (most of EMN's and REM's perturbation energy is in the chroma channels).
+- ``iss-jpeg``: JPEG encode + decode at ``quality`` (default 10). Kills high-frequency noise.
+- ``iss-bdr``: bit-depth reduction to ``bits`` bits per channel (default 2),
+  ``round(x * (2^b - 1)) / (2^b - 1)`` (Xu et al.'s feature squeezing). Kills low-amplitude noise.
+
+All three are applied **once** to the stored protected train images, not every epoch: each is a
+deterministic function of the image, so a per-epoch squeeze placed before the victim's crop+flip would
+produce the same pixels in every epoch; doing it once gives exactly that training data, at no cost
+per step. (The crop+flip of the base recipe then runs on the squeezed images, as in a data pipeline
+that squeezes first.)
+
+Differences from the reference code (ISS applies torchvision/PIL transforms per PIL image in the
+DataLoader): everything is batched tensor ops. Grayscale uses PIL's exact integer rule for
+``convert("L")`` (``(19595 R + 38470 G + 7471 B + 2^15) >> 16``) so results match the reference pixel
+for pixel; torchvision's tensor ``rgb_to_grayscale`` truncates instead of rounding and would darken
+every image by up to one grey level. JPEG uses ``torchvision.io.encode_jpeg``/``decode_jpeg`` (libjpeg,
+bit-identical to PIL's ``save(..., "JPEG", quality=q)`` with its default 4:2:0 chroma subsampling) on
+lists of uint8 tensors, always on the CPU: nvjpeg output differs from libjpeg by a few grey levels and
+between GPU generations, and 50,000 32 px images take seconds on the CPU anyway.
+Single-channel images: grayscale leaves them unchanged; JPEG and BDR work per channel as usual.
+
+Composability: each composes with any other exploiter. Sensible cells: one ISS squeeze +
+``adversarial-training`` (ISS's paper combines them against REM), + ``early-stopping``, or two squeezes
+in a row (``iss-grayscale`` then ``iss-jpeg``, ISS's "combined" variant for mixed perturbations).
+The same squeeze twice in one combination is refused by the arena (one-line error): change its param.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+from arena import ArenaError, Exploiter, ImageSet, Param, ParamSpec, hookimpl
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 3 x H x W -> luminance copied to 3 channels, PIL's ``convert("L")`` arithmetic."""
+    if images.shape[1] != 3:
+        return images.clone()
+    x = images.to(torch.int64)
+    lum = (x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16
+    return lum.clamp_(0, 255).to(torch.uint8)[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+def jpeg(images: torch.Tensor, quality: int, chunk: int = 4096) -> torch.Tensor:
+    """JPEG round trip of a uint8 batch (libjpeg on the CPU, in chunks to bound memory)."""
+    if images.shape[1] not in (1, 3):
+        raise ArenaError(f"iss-jpeg: JPEG holds 1 or 3 channels; got images with {images.shape[1]}")
+    cpu = images.detach().cpu().contiguous()
+    mode = ImageReadMode.RGB if cpu.shape[1] == 3 else ImageReadMode.UNCHANGED
+    out = []
+    for i in range(0, cpu.shape[0], chunk):
+        enc = encode_jpeg(list(cpu[i : i + chunk]), quality=quality)
+        out.extend(decode_jpeg(enc, mode=mode))
+    return torch.stack(out).to(images.device)
+
+
+def bit_depth_reduce(images: torch.Tensor, bits: int) -> torch.Tensor:
+    """Keep ``bits`` bits per channel: round to 2^bits evenly spaced levels in [0, 255]."""
+    levels = (1 << bits) - 1
+    x = images.float().div(255.0)
+    return (x.mul(levels).round_().div_(levels).mul_(255.0)).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class _Squeeze(Exploiter):
+    """Shared purify(): apply ``squeeze`` once to the protected train images on the context's device."""
+
+    def squeeze(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def purify(self, protected: ImageSet, raw: ImageSet | None, ctx: Any) -> ImageSet:
+        dev = getattr(ctx, "device", torch.device("cpu"))
+        out = self.squeeze(protected.images.to(dev)).cpu()
+        return protected.with_images(out, origin=f"purified:{self.name}")
+
+
+class ISSGrayscale(_Squeeze):
+    name = "iss-grayscale"
+    summary = "ISS: grayscale the protected train images (once)"
+    params = ParamSpec()
+
+    def squeeze(self, images: torch.Tensor) -> torch.Tensor:
+        return grayscale(images)
+
+
+class ISSJpeg(_Squeeze):
+    name = "iss-jpeg"
+    summary = "ISS: JPEG-compress the protected train images (once)"
+    params = ParamSpec((Param("quality", int, 10, "JPEG quality (ISS: 10)", low=1, high=100),))
+
+    def squeeze(self, images: torch.Tensor) -> torch.Tensor:
+        return jpeg(images, self.p["quality"])
+
+
+class ISSBitDepth(_Squeeze):
+    name = "iss-bdr"
+    summary = "ISS: bit-depth reduction of the protected train images (once)"
+    params = ParamSpec((Param("bits", int, 2, "bits kept per channel (ISS: 2)", low=1, high=8),))
+
+    def squeeze(self, images: torch.Tensor) -> torch.Tensor:
+        return bit_depth_reduce(images, self.p["bits"])
+
+
+@hookimpl
+def arena_register_exploiters(register) -> None:
+    register(ISSGrayscale)
+    register(ISSJpeg)
+    register(ISSBitDepth)

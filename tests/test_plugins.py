@@ -1,0 +1,114 @@
+"""Plugin discovery, registration and the `arena plugins` listing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+from arena import Budget, Exploiter, Protector, hookimpl
+from arena.params import ParamError
+from arena.registry import Registry, RegistryError, get_registry
+
+BASELINES = {"protectors": ["classwise-noise", "classwise-patch", "none"], "exploiters": ["none"]}
+
+
+def test_baselines_come_from_entry_points() -> None:
+    reg = get_registry()
+    for kind, names in BASELINES.items():
+        for n in names:
+            e = reg.entry(kind, n)
+            assert e.source.startswith("entry point unlearnable-arena=="), e.source
+    assert {"cnn-small", "resnet18", "resnet50", "vgg11", "vgg16", "densenet121", "wrn-34-10"} <= set(
+        reg.names("architectures"))
+    assert {"digits", "cifar10", "cifar100", "svhn", "imagefolder"} <= set(reg.names("datasets"))
+
+
+def test_plugins_json_lists_baselines_with_their_source() -> None:
+    out = subprocess.run([sys.executable, "-m", "arena.cli", "plugins", "--json"], capture_output=True, text=True,
+                         check=True)
+    data = {p["name"]: p for p in json.loads(out.stdout)}
+    assert data["classwise-patch"]["registered"] == {"protectors": ["classwise-patch"]}
+    assert data["classwise-patch"]["source"].startswith("entry point unlearnable-arena")
+    assert "arena_register_protectors" in data["none"]["hooks"]
+    assert data["classwise-noise"]["details"]["classwise-noise"]["params"]["eps"]["type"] == "float"
+
+
+def _third_party(name: str) -> types.ModuleType:
+    class Mine(Protector):
+        summary = "test-only protector"
+
+        def budget(self, train):
+            return Budget("linf", 0.0)
+
+        def protect(self, train, ctx):
+            return train.images.clone()
+
+    Mine.name = name
+    mod = types.ModuleType("third_party_plugin")
+
+    @hookimpl
+    def arena_register_protectors(register):
+        register(Mine)
+
+    mod.arena_register_protectors = arena_register_protectors
+    return mod
+
+
+def test_third_party_plugin_appears_then_unregisters() -> None:
+    reg = Registry()
+    reg.register_plugin(_third_party("my-protector"), name="third-party")
+    assert "my-protector" in reg.names("protectors")
+    assert reg.entry("protectors", "my-protector").source == "registered at runtime"
+    assert any(p.name == "third-party" and p.registered == {"protectors": ["my-protector"]} for p in reg.plugins())
+    reg.unregister_plugin("third-party")
+    assert "my-protector" not in reg.names("protectors")
+
+
+def test_duplicate_names_are_an_error_naming_both_sources() -> None:
+    reg = Registry()
+    with pytest.raises(RegistryError) as e:
+        reg.register_plugin(_third_party("classwise-patch"), name="impostor")
+    msg = str(e.value)
+    assert "classwise-patch" in msg and "impostor" in msg and "entry point unlearnable-arena" in msg
+    assert "classwise-patch" in reg.names("protectors") and reg.pm.get_plugin("impostor") is None
+
+
+def test_env_switches_select_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARENA_PLUGINS", "none,architectures")
+    reg = Registry()
+    assert reg.names("protectors") == ["none"] and reg.names("datasets") == []
+    monkeypatch.delenv("ARENA_PLUGINS")
+    monkeypatch.setenv("ARENA_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert Registry().names("protectors") == []
+    monkeypatch.setenv("ARENA_PLUGINS", "no-such-plugin")
+    with pytest.raises(RegistryError, match="no-such-plugin"):
+        Registry()
+
+
+def test_bad_names_and_params_are_one_line_errors_listing_choices() -> None:
+    reg = get_registry()
+    with pytest.raises(RegistryError) as e:
+        reg.protector("emn-typo")
+    assert "valid choices" in str(e.value) and "classwise-patch" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ParamError) as e:
+        reg.protector("classwise-patch", {"corner": "middle"})
+    assert "corner" in str(e.value) and "bottom-right" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ParamError, match="eps"):
+        reg.protector("classwise-noise", {"eps": 2.0})
+    with pytest.raises(ParamError, match="valid params: eps"):
+        reg.protector("classwise-noise", {"epsilon": 0.1})
+
+
+def test_exploiter_contract_defaults() -> None:
+    class DataOnly(Exploiter):
+        name = "data-only"
+
+        def purify(self, protected, raw, ctx):
+            return None
+
+    assert DataOnly().has_purify and not DataOnly().has_training_mod
+    assert Exploiter.composable is True  # exploiters compose unless they say otherwise

@@ -1,0 +1,173 @@
+"""The tournament engine with real Ray (embedded, 2 CPUs, started once for the module) and real Parquet."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pds
+import pytest
+import yaml
+
+from arena.board import matrices, plot_heatmaps, rankings
+from arena.leaderboard import read_rows
+from arena.tournament.config import ConfigError, load_config
+from arena.tournament.runner import run_tournament
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "t",
+    "plugins": ["tests.arena_test_plugins"],
+    "datasets": [{"name": "digits", "params": {"size": 16}, "train": 200, "test": 100}],
+    "protectors": ["none", {"name": "classwise-patch", "params": {"ratio": 0.25}}, "test-boom", "test-over-budget"],
+    "exploiters": ["none", "test-invert"],
+    "architectures": ["cnn-small"],
+    "recipe": {"epochs": 1, "batch_size": 64},
+    "seeds": [0],
+    "resources": {"cpus_per_trial": 1},
+}
+
+
+def _write(tmp: Path, cfg: dict, name: str = "t.yaml") -> Path:
+    p = tmp / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from arena.tournament.runner import _init_ray
+
+    os.chdir(ROOT)  # workers import tests.arena_test_plugins from here
+    _init_ray(None, None)
+    yield
+    ray.shutdown()
+
+
+def test_grid_runs_each_stage_once_records_failures_and_reruns_free(tmp_path: Path, ray_local) -> None:
+    cfg = load_config(_write(tmp_path, {**BASE, "output": str(tmp_path / "out")}))
+    s = run_tournament(cfg, live=False)
+    assert s.cells == 8 and s.ran == 8
+    assert s.stages["protect"] == 4, "each protector runs once per data set, not once per cell"
+    assert s.stages["purify"] == 4, "only the two protectors that succeed reach the purify stage"
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 8 and len({r["cell_key"] for r in rows}) == 8
+    by = {(r["protector"], r["exploiter"]): r for r in rows}
+    assert by[("test-boom", "none")]["status"] == "failed" and "boom" in by[("test-boom", "none")]["error"]
+    assert by[("test-over-budget", "test-invert")]["status"] == "invalid"
+    assert "exceeds the declared 2/255" in by[("test-over-budget", "none")]["error"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 4 and all(0 <= r["clean_acc"] <= 1 and len(r["acc_curve"]) == 1 for r in ok)
+    assert by[("classwise-patch", "none")]["patch_area"] > 0
+    assert by[("none", "test-invert")]["purify_psnr"] < 20, "inverting images is a big change"
+    assert by[("none", "none")]["purify_psnr"] is None
+    # the directory reads as one pyarrow dataset with the versioned schema
+    ds = pds.dataset(str(tmp_path / "out"), format="parquet")
+    assert ds.count_rows() == 8 and ds.schema.metadata[b"arena_schema_version"] == b"1"
+    again = run_tournament(cfg, live=False)
+    assert again.ran == 0 and again.skipped == 8 and not any(again.stages.values())
+    mats = matrices(rows)
+    assert mats[0]["cells"]["test-boom"]["none"]["status"] == "failed"
+    ranks = rankings(rows)
+    assert [p["protector"] for p in ranks["protectors"]] and "test-over-budget" not in [
+        p["protector"] for p in ranks["protectors"]], "invalid cells are never ranked"
+    png = plot_heatmaps(mats, tmp_path / "board.png")
+    assert png.stat().st_size > 5000
+
+
+def test_partial_poisoning_trains_the_clean_part_control(tmp_path: Path, ray_local) -> None:
+    cfg = load_config(_write(tmp_path, {**BASE, "protectors": ["classwise-noise"], "exploiters": ["none"],
+                                        "plugins": [], "poison_ratios": [0.5], "output": str(tmp_path / "o")}))
+    run_tournament(cfg, live=False)
+    rows = read_rows(tmp_path / "o")
+    subsets = sorted(r["train_subset"] for r in rows)
+    assert subsets == ["all", "clean-only"] and all(r["status"] == "ok" for r in rows)
+    ctrl = next(r for r in rows if r["train_subset"] == "clean-only")
+    assert ctrl["protector"] == "(clean part only)"
+
+
+def test_killed_run_resumes_with_every_cell_exactly_once(tmp_path: Path, ray_local) -> None:
+    cfg = {**BASE, "plugins": [], "protectors": ["none", "classwise-noise", {"name": "classwise-patch"}],
+           "exploiters": ["none"], "seeds": [0, 1], "recipe": {"epochs": 2, "batch_size": 64},
+           "output": str(tmp_path / "out")}
+    path = _write(tmp_path, cfg)
+    proc = subprocess.Popen([sys.executable, "-m", "arena.cli", "tournament", str(path), "--no-live"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((tmp_path / "out").glob("cell-*.parquet")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(list((tmp_path / "out").glob("cell-*.parquet")))
+    assert 1 <= before < 6, f"kill should land mid-run, found {before} rows"
+    s = run_tournament(load_config(path), live=False)
+    assert s.skipped == before and s.ran == 6 - before
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 6 and len({r["cell_key"] for r in rows}) == 6 and all(r["status"] == "ok" for r in rows)
+
+
+def test_impossible_resources_are_rejected_before_running(tmp_path: Path, ray_local) -> None:
+    cfg = load_config(_write(tmp_path, {**BASE, "resources": {"gpus_per_trial": 0.25}, "output": str(tmp_path / "g")}))
+    with pytest.raises(ConfigError, match=r"gpus_per_trial = 0.25: the Ray cluster has 0 GPUs"):
+        run_tournament(cfg, live=False)
+    assert not list((tmp_path / "g").glob("cell-*"))
+
+
+BAD = [
+    ({"protectors": ["emn-typo"]}, "protectors[0] = 'emn-typo': expected a registered protector; valid choices:"),
+    ({"protectors": [{"name": "classwise-noise", "params": {"eps": "big"}}]}, "protectors[0]: protector 'classwise-noise': param 'eps'"),
+    ({"protectors": [{"name": "classwise-noise", "params": {"epsilon": 1}}]}, "unknown param 'epsilon'; valid params: eps"),
+    ({"exploiters": ["nope"]}, "exploiters[0] = 'nope': expected a registered exploiter"),
+    ({"architectures": ["resnet9"]}, "architectures[0].name = 'resnet9': expected a registered architecture"),
+    ({"datasets": [{"name": "cifar10"}]}, "datasets[0].root"),
+    ({"datasets": [{"name": "imagefolder", "root": "/no/such/dir"}]}, "datasets[0].root = '/no/such/dir': expected an existing directory"),
+    ({"datasets": [{"name": "digits", "params": {"size": 3}}]}, "param 'size'"),
+    ({"recipe": {"epochs": -1}}, "param 'epochs' = -1"),
+    ({"recipe": {"optimizer": "adam"}}, "unknown param 'optimizer'"),
+    ({"poison_ratios": [0]}, "poison_ratios[0] = 0: expected float > 0.0"),
+    ({"seeds": "zero"}, "seeds = 'zero': expected a non-empty list"),
+    ({"resources": {"cpus_per_trial": 0}}, "resources.cpus_per_trial = 0"),
+    ({"resources": {"gpu": 1}}, "resources.gpu = 1: expected a known key"),
+    ({"protocol": 1}, "protocol = 1: expected a known key"),
+    ({"plugins": ["no.such.module"]}, "cannot import plugin module 'no.such.module'"),
+    ({"architectures": [{"name": "cnn-small", "protectors": ["sem"]}]}, "architectures[0].protectors[0] = 'sem'"),
+]
+
+
+@pytest.mark.parametrize("change,needle", BAD)
+def test_malformed_tournaments_give_one_line_errors(tmp_path: Path, change: dict, needle: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ARENA_DATA", raising=False)
+    path = _write(tmp_path, {**BASE, **change})
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(path)) and needle in msg, msg
+
+
+def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: x\nprotectors: [none\nexploiters: [none]\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+, column \d+: not valid YAML"):
+        load_config(p)
+    out = subprocess.run([sys.executable, "-m", "arena.cli", "tournament", str(p)], capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_quick_tournament_is_valid_and_covers_every_builtin_plugin() -> None:
+    from arena.registry import get_registry
+
+    cfg = load_config(ROOT / "tournaments" / "quick.yaml")
+    reg = get_registry()
+    used_p = {p.name for p in cfg.protectors}
+    used_e = {part.name for e in cfg.exploiters for part in e.parts}
+    builtin = lambda kind: {n for n in reg.names(kind) if reg.entry(kind, n).source.startswith("entry point unlearnable-arena")}  # noqa: E731
+    assert builtin("protectors") <= used_p, builtin("protectors") - used_p
+    assert builtin("exploiters") <= used_e, builtin("exploiters") - used_e
