@@ -21,7 +21,7 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="arena-")))
-    cache_dir: Path | None = None  # per-plugin persistent cache (surrogates, generators, DDPMs)
+    cache_dir: Path | None = None  # persistent cache for surrogates, generators, DDPMs; name files by content
     progress: Progress = field(default_factory=Progress)
     recipe: Recipe = field(default_factory=Recipe)  # the tournament's victim recipe, for reference
 
@@ -41,6 +41,8 @@ class Context:
                             progress=self.progress, description=description)
 
     def cache_path(self, name: str) -> Path:
+        """Where to keep an expensive artefact across runs. The directory may be shared with other plugins
+        (a tournament has one), so ``name`` must say whose it is and hash what it depends on."""
         base = self.cache_dir or (self.scratch / "cache")
         base.mkdir(parents=True, exist_ok=True)
         return base / name

@@ -18,7 +18,9 @@ from arena.models import build_model
 from arena.progress import Progress
 from arena.registry import get_registry
 
-SAMPLEWISE = {"surrogate": "cnn-small", "pgd_steps": 5, "step": 0.0125}
+# The paper's PGD (20 steps of eps/10) with a cnn-small surrogate. Cheaper PGD (5 steps of 0.0125) also
+# works but leaves the victim at 31-37 % over victim seeds, too close to the 35 % bar to be a stable test.
+SAMPLEWISE = {"surrogate": "cnn-small"}
 CLASSWISE = {"surrogate": "cnn-small", "subset": 1.0, "batch_size": 64, "stop_error": 0.01}
 TINY = {"surrogate": "cnn-small", "pgd_steps": 2, "max_rounds": 2, "batch_size": 16}
 RECIPE = Recipe(epochs=15, batch_size=128, crop_pad=2)  # pad 2 at 16 px = the usual pad 4 at 32 px

@@ -70,8 +70,11 @@ class StageRunner:
         return self._splits[data_key]
 
     def _ctx(self, seed: int, plugin: str) -> Context:
+        """One plugin cache directory for the whole tournament: plugins name their artefacts by content
+        (plugin name, params, input hash), so sharing it is safe and lets related entries reuse expensive
+        work (``jcdp`` and ``jcdp-uncond`` train one DDPM, ``iss-jpeg+jcdp`` reuses it too)."""
         scratch = self.cache.root / "scratch" / plugin
-        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=self.cache.root / "plugins" / plugin)
+        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=self.cache.root / "plugins")
 
     # -- stages ----------------------------------------------------------------------------------
     def protect(self, job: ProtectJob) -> dict[str, Any]:
