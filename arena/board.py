@@ -1,8 +1,8 @@
 """Leaderboard views: the protector x exploiter matrix and the worst-case rankings.
 
-A protector's score is its worst case, the highest clean accuracy any exploiter recovers (the attacker
-chooses); an exploiter's score is the accuracy it recovers, averaged over protectors. Only ``ok`` rows
-are ranked; invalid rows (budget broken) never are.
+A protector's score is its worst case, the highest clean accuracy any exploiter on any victim
+architecture recovers (the attacker chooses both); an exploiter's score is the accuracy it recovers,
+averaged over protectors. Only ``ok`` rows are ranked; invalid rows (budget broken) never are.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ CONTROL = "clean-only"
 def _mean(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.fmean(xs) if xs else None
+
+
+def _none_first(names: Any) -> list[str]:
+    """The baseline row and column ('none') first, the rest in their given order."""
+    names = list(names)
+    return sorted(names, key=lambda n: n != "none")
 
 
 def value(r: dict[str, Any], metric: str) -> Any:
@@ -45,8 +51,8 @@ def matrices(rows: list[dict[str, Any]], metric: str = "clean_acc") -> list[dict
             ctrl_vals[group_key(r)].append(r[metric])
     out = []
     for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        prot = list(dict.fromkeys(r["protector"] for r in rs))
-        expl = list(dict.fromkeys(r["exploiter"] for r in rs))
+        prot = _none_first(dict.fromkeys(r["protector"] for r in rs))
+        expl = _none_first(dict.fromkeys(r["exploiter"] for r in rs))
         cells: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         for p in prot:
             for e in expl:
@@ -65,34 +71,46 @@ def matrices(rows: list[dict[str, Any]], metric: str = "clean_acc") -> list[dict
     return out
 
 
+def setting_key(r: dict[str, Any]) -> tuple:
+    """What a protector is ranked within: one data set and poison ratio; the architecture is the attacker's pick."""
+    return (r["tournament"], r["dataset"], r["dataset_params"], r["poison_ratio"])
+
+
 def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str, list[dict[str, Any]]]:
-    """Worst-case protector ranking and exploiter recovery ranking over all full-poisoning ok rows."""
+    """Worst-case protector ranking and exploiter recovery ranking over all full-poisoning ok rows.
+
+    A protector's worst case in a setting is the highest seed-mean accuracy over every (exploiter,
+    architecture) cell it has there: the attacker chooses both, so a protector tried on more victims can
+    only look worse, never better. Its score is the mean of that over settings (data sets). An exploiter's
+    score is its mean accuracy over (protector, architecture) cells with a real protector, and its gain the
+    mean difference to ``none`` on the same protector and architecture.
+    """
     ok = [r for r in rows if r["status"] == "ok" and r["train_subset"] != CONTROL and r["poison_ratio"] >= 1.0]
-    by_setting: dict[tuple, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    by_setting: dict[tuple, dict[tuple[str, str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in ok:
-        by_setting[group_key(r)][(r["protector"], r["exploiter"])].append(value(r, metric))
+        by_setting[setting_key(r)][(r["protector"], r["exploiter"], r["architecture"])].append(value(r, metric))
     prot_worst: dict[str, list[float]] = defaultdict(list)
     prot_which: dict[str, list[str]] = defaultdict(list)
     expl_gain: dict[str, list[float]] = defaultdict(list)
     expl_acc: dict[str, list[float]] = defaultdict(list)
     invalid = {r["protector"] for r in rows if r["status"] == "invalid"}
-    for _key, cells in by_setting.items():
-        means = {pe: statistics.fmean(v) for pe, v in cells.items()}
-        for p in {p for p, _ in means}:
-            row = {e: v for (pp, e), v in means.items() if pp == p}
-            worst_e = max(row, key=row.get)
-            prot_worst[p].append(row[worst_e])
-            prot_which[p].append(worst_e)
-            base = row.get("none")
-            for e, v in row.items():
-                if p == "none":
-                    continue
+    for cells in by_setting.values():
+        means = {pea: statistics.fmean(v) for pea, v in cells.items()}
+        for p in {p for p, _, _ in means}:
+            mine = {(e, a): v for (pp, e, a), v in means.items() if pp == p}
+            worst = max(mine, key=mine.get)
+            prot_worst[p].append(mine[worst])
+            prot_which[p].append(f"{worst[0]} / {worst[1]}")
+            if p == "none":
+                continue
+            for (e, a), v in mine.items():
                 expl_acc[e].append(v)
+                base = mine.get(("none", a))
                 if base is not None:
                     expl_gain[e].append(v - base)
     protectors = [{"protector": p, "worst_case_acc": statistics.fmean(v), "strongest_exploiter": max(
-        set(prot_which[p]), key=prot_which[p].count), "settings": len(v), "has_invalid": p in invalid}
-        for p, v in prot_worst.items()]
+        set(prot_which[p]), key=prot_which[p].count), "settings": len(v), "has_invalid": p in invalid,
+        "baseline": p == "none"} for p, v in prot_worst.items()]
     protectors.sort(key=lambda d: d["worst_case_acc"])
     exploiters = [{"exploiter": e, "mean_acc": statistics.fmean(v), "mean_recovered": _mean(expl_gain.get(e, [])),
                    "cells": len(v)} for e, v in expl_acc.items()]

@@ -171,3 +171,17 @@ def test_quick_tournament_is_valid_and_covers_every_builtin_plugin() -> None:
     builtin = lambda kind: {n for n in reg.names(kind) if reg.entry(kind, n).source.startswith("entry point unlearnable-arena")}  # noqa: E731
     assert builtin("protectors") <= used_p, builtin("protectors") - used_p
     assert builtin("exploiters") <= used_e, builtin("exploiters") - used_e
+
+
+def test_training_level_exploiters_share_one_pass_through_purify_job(tmp_path: Path) -> None:
+    from arena.registry import get_registry
+    from arena.tournament.grid import expand
+    from arena.tournament.runner import prepare_data
+    from arena.tournament.stagecache import StageCache
+
+    cfg = load_config(_write(tmp_path, {**BASE, "plugins": [], "protectors": ["none", "classwise-noise"],
+                                        "exploiters": ["none", "mixup", "early-stopping", "iss-jpeg"]}))
+    grid = expand(cfg, prepare_data(cfg, StageCache(tmp_path / "c")), get_registry())
+    assert len(grid.cells) == 8, "every protector x exploiter is its own cell"
+    assert len(grid.purifies) == 4, "per protector: one pass-through job for none/mixup/early-stopping + iss-jpeg"
+    assert len(grid.protects) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from ..params import ArenaError
 
@@ -42,34 +43,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     con = Console()
     for m in mats:
-        ratio = f", poison ratio {m['poison_ratio']:g}" if m["poison_ratio"] < 1 else ""
-        t = Table(title=f"{m['tournament']}: {m['dataset']} {m['dataset_params']} / {m['architecture']}{ratio} "
-                        f"- {args.metric} % (rows: protectors, columns: exploiters)")
-        t.add_column("protector \\ exploiter")
-        for e in m["exploiters"]:
-            t.add_column(e, justify="right")
-        if m["control"] is not None:
-            t.add_column("clean part only", justify="right")
-        for p in m["protectors"]:
-            cells = []
-            for e in m["exploiters"]:
-                c = m["cells"].get(p, {}).get(e)
-                if c is None:
-                    cells.append("")
-                elif c["value"] is None:
-                    cells.append(f"[red]{c['status']}[/red]")
-                else:
-                    colour = "green" if c["value"] < 0.4 else ("yellow" if c["value"] < 0.7 else "red")
-                    cells.append(f"[{colour}]{100 * c['value']:.1f}[/{colour}]")
-            if m["control"] is not None:
-                cells.append(f"{100 * m['control']:.1f}")
-            t.add_row(p, *cells)
-        con.print(t)
-    t = Table(title="protectors by worst case (highest accuracy any exploiter recovers; lower is better)")
-    for c in ("rank", "protector", "worst-case acc %", "strongest exploiter", "settings"):
+        con.print(_matrix_table(m, args.metric))
+    t = Table(title="protectors by worst case (highest accuracy any exploiter on any architecture recovers; "
+                    "lower is better)")
+    for c in ("rank", "protector", "worst-case acc %", "strongest exploiter / architecture", "settings"):
         t.add_column(c)
     for i, d in enumerate(ranks["protectors"], 1):
-        t.add_row(str(i), d["protector"] + (" [red](has invalid cells)[/red]" if d["has_invalid"] else ""),
+        name = d["protector"] + (" (baseline)" if d.get("baseline") else "")
+        t.add_row(str(i), name + (" [red](has invalid cells)[/red]" if d["has_invalid"] else ""),
                   f"{100 * d['worst_case_acc']:.1f}", d["strongest_exploiter"], str(d["settings"]))
     con.print(t)
     t = Table(title="exploiters by accuracy recovered on protected data (higher is stronger)")
@@ -89,3 +70,33 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         con.print(f"heatmap written to {args.plot}")
     return 0
+
+
+def _cell_text(c: dict | None) -> str:
+    if c is None:
+        return ""
+    if c["value"] is None:
+        return f"[red]{c['status']}[/red]"
+    colour = "green" if c["value"] < 0.4 else ("yellow" if c["value"] < 0.7 else "red")
+    return f"[{colour}]{100 * c['value']:.1f}[/{colour}]"
+
+
+def _matrix_table(m: dict, metric: str) -> Any:
+    """Protectors x exploiters, transposed when there are more exploiters than protectors so the wide
+    side runs down the page; hyphenated names break across header lines to keep columns narrow."""
+    from rich.table import Table
+
+    ratio = f", poison ratio {m['poison_ratio']:g}" if m["poison_ratio"] < 1 else ""
+    flip = len(m["exploiters"]) > len(m["protectors"])
+    rows, cols = (m["exploiters"], m["protectors"]) if flip else (m["protectors"], m["exploiters"])
+    what = "rows: exploiters, columns: protectors" if flip else "rows: protectors, columns: exploiters"
+    t = Table(title=f"{m['tournament']}: {m['dataset']} {m['dataset_params']} / {m['architecture']}{ratio} "
+                    f"- {metric} % ({what}; low = protection holds)")
+    t.add_column("exploiter \\ protector" if flip else "protector \\ exploiter", no_wrap=True)
+    for c in cols:
+        t.add_column(c.replace("-", "-\n"), justify="right")
+    for r in rows:
+        t.add_row(r, *[_cell_text(m["cells"].get(c if flip else r, {}).get(r if flip else c)) for c in cols])
+    if m["control"] is not None:
+        t.caption = f"clean part only (partial-poisoning control): {100 * m['control']:.1f}"
+    return t

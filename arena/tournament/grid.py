@@ -1,7 +1,8 @@
 """Expand a tournament into a DAG of stages keyed by content.
 
 protect(data, protector, seed) runs once per data set, not once per cell; purify(protected, ratio,
-exploiter, seed) once per protected set; train(purified, architecture, recipe, seed) once per cell.
+exploiter, seed) once per protected set and data-level exploiter (training-level exploiters share one
+pass-through job); train(purified, architecture, recipe, seed) once per cell.
 Every key hashes what determines the output (data fingerprint, plugin name, params, plugin version,
 seed, arena version), so equal work is shared across cells and across reruns.
 """
@@ -20,6 +21,7 @@ from .config import CONTROL_LABEL, ArchSpec, DatasetSpec, ExploiterSpec, PluginS
 CLEAN_ONLY = "clean-only"
 CONTROL_PROTECTOR = PluginSpec(CONTROL_LABEL, {})
 CONTROL_EXPLOITER = ExploiterSpec(())
+IDENTITY = ExploiterSpec(())  # the purify job of training-level exploiters: data passed through unchanged
 
 
 def content_key(*parts: Any) -> str:
@@ -81,6 +83,13 @@ class Grid:
         return {"protect": len(self.protects), "purify": len(self.purifies), "train": len(self.cells)}
 
 
+def _purifies(reg: Registry, name: str) -> bool:
+    """Whether an exploiter changes data (has its own ``purify``) rather than only the training recipe."""
+    from ..contracts import Exploiter
+
+    return reg.entry("exploiters", name).obj.purify is not Exploiter.purify
+
+
 def _plugin_version(reg: Registry, kind: str, name: str) -> str:
     e = reg.entry(kind, name)
     return f"{getattr(e.obj, 'version', '1')}@{reg.sources.get(e.plugin, ('', '0'))[1]}"
@@ -99,14 +108,21 @@ def expand(cfg: TournamentConfig, data_keys: dict[int, str], reg: Registry) -> G
                 for ratio in cfg.poison_ratios:
                     for ex in cfg.exploiters:
                         ex_versions = [_plugin_version(reg, "exploiters", p.name) for p in ex.parts]
-                        uk = content_key("purify", pk, ratio, ex.label, ex.params_json(), ex_versions, seed, __version__)
-                        g.purifies.setdefault(uk, PurifyJob(uk, pk, dk, ex, ratio, "all", seed))
+                        if any(_purifies(reg, p.name) for p in ex.parts):
+                            uk = content_key("purify", pk, ratio, ex.label, ex.params_json(), ex_versions, seed,
+                                             __version__)
+                            g.purifies.setdefault(uk, PurifyJob(uk, pk, dk, ex, ratio, "all", seed))
+                        else:  # training-level exploiters only: every one shares the unchanged data
+                            uk = content_key("purify", pk, ratio, "identity", seed, __version__)
+                            g.purifies.setdefault(uk, PurifyJob(uk, pk, dk, IDENTITY, ratio, "all", seed))
                         for arch in cfg.architectures:
                             if arch.only_protectors and prot.name not in arch.only_protectors:
                                 continue
                             if arch.only_exploiters and ex.label not in arch.only_exploiters:
                                 continue
-                            ck = content_key("train", uk, arch.name, arch.recipe.to_dict(), seed, __version__)
+                            # the exploiter is part of the key: training-level ones share their purify job
+                            ck = content_key("train", uk, ex.label, ex.params_json(), ex_versions, arch.name,
+                                             arch.recipe.to_dict(), seed, __version__)
                             g.cells.setdefault(ck, Cell(ck, uk, dk, ds, prot, ex, arch, ratio, "all", seed))
         # Partial poisoning: the control trains on the clean part alone; it depends on no protector.
         for ratio in (r for r in cfg.poison_ratios if r < 1):

@@ -253,7 +253,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             inflight[fut] = (a, stage, job)
             label = job.label() if isinstance(job, Cell) else (
                 f"{job.protector.name} s{job.seed}" if isinstance(job, ProtectJob) else
-                f"{job.exploiter.label} r={job.poison_ratio:g}" if isinstance(job, PurifyJob) else "")
+                f"{job.exploiter.label if job.exploiter.parts else 'pass-through'} r={job.poison_ratio:g}"
+                if isinstance(job, PurifyJob) else "")
             view.running[a] = (f"{stage} {label}", time.perf_counter())
 
     def finish(stage: str, job: Any, res: dict[str, Any]) -> None:
