@@ -130,8 +130,9 @@ def plot_heatmaps(mats: list[dict[str, Any]], path: Path) -> Path:
     if n == 0:
         raise ValueError("no rows to plot")
     fig_w = max(6.0, 0.9 * max(len(m["exploiters"]) for m in mats) + 3)
-    fig_h = sum(0.45 * len(m["protectors"]) + 1.6 for m in mats)
-    fig, axes = plt.subplots(n, 1, figsize=(fig_w, fig_h), squeeze=False)
+    fig_h = sum(0.6 * len(m["protectors"]) + 2.2 for m in mats)
+    ratios = [len(m["protectors"]) + 3 for m in mats]  # square cells: a small matrix stays small
+    fig, axes = plt.subplots(n, 1, figsize=(fig_w, fig_h), squeeze=False, gridspec_kw={"height_ratios": ratios})
     for ax, m in zip(axes[:, 0], mats):
         grid = np.full((len(m["protectors"]), len(m["exploiters"])), np.nan)
         for i, p in enumerate(m["protectors"]):
@@ -139,7 +140,7 @@ def plot_heatmaps(mats: list[dict[str, Any]], path: Path) -> Path:
                 c = m["cells"].get(p, {}).get(e)
                 if c and c["value"] is not None:
                     grid[i, j] = 100 * c["value"]
-        im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn_r", aspect="auto")
+        im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn_r", aspect="equal")
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 c = m["cells"].get(m["protectors"][i], {}).get(m["exploiters"][j])

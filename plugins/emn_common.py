@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -179,6 +180,24 @@ def cache_file(ctx: Any, name: str, version: str, train: ImageSet, p: dict[str, 
     key = json.dumps({"params": p, "seed": ctx.seed, "version": version}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return ctx.cache_path(f"{name}-v{version}-{train.fingerprint()}-{digest}.pt")
+
+
+def cached_protect(protector: Any, train: ImageSet, ctx: Any, key_params: dict[str, Any],
+                   run: Callable[[], tuple[torch.Tensor, dict[str, Any], torch.nn.Module]]) -> ImageSet:
+    """The protect() of every surrogate-based protector: a cache hit is one file read; otherwise ``run()``
+    computes (images, info, surrogate), which are stored atomically. ``last_info`` says which happened."""
+    path = cache_file(ctx, protector.name, protector.version, train, key_params)
+    hit = load_cached(path, train)
+    if hit is not None:
+        images, info = hit
+        protector.last_info = {**info, "cached": True}
+    else:
+        t0 = time.perf_counter()
+        images, info, surrogate = run()
+        info = {**info, "seconds": time.perf_counter() - t0}
+        save_cached(path, images, info, surrogate)
+        protector.last_info = {**info, "cached": False}
+    return train.with_images(images, origin=f"protected:{protector.name}")
 
 
 def load_cached(path: Path, train: ImageSet) -> tuple[torch.Tensor, dict[str, Any]] | None:

@@ -43,7 +43,6 @@ the input's content hash, the params, the seed and ``version``, so a rerun costs
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -62,16 +61,13 @@ class EMNSamplewise(Protector):
         return Budget("linf", emn.resolved(self.p, train)[0])
 
     def protect(self, train: ImageSet, ctx: Any) -> ImageSet:
-        p = self.p
-        eps, step = emn.resolved(p, train)
-        path = emn.cache_file(ctx, self.name, self.version, train, {**p, "eps": eps, "step": step})
-        hit = emn.load_cached(path, train)
-        if hit is not None:
-            images, info = hit
-            self.last_info = {**info, "cached": True}
-            return train.with_images(images, origin=f"protected:{self.name}")
+        eps, step = emn.resolved(self.p, train)
+        return emn.cached_protect(self, train, ctx, {**self.p, "eps": eps, "step": step},
+                                  lambda: self._run(train, ctx, eps, step))
 
-        t0 = time.perf_counter()
+    def _run(self, train: ImageSet, ctx: Any, eps: float, step: float
+             ) -> tuple[torch.Tensor, dict[str, Any], torch.nn.Module]:
+        p = self.p
         dev = ctx.device
         X, Y = train.images.to(dev), train.labels.to(dev)
         n = X.shape[0]
@@ -103,10 +99,8 @@ class EMNSamplewise(Protector):
             emn.warn_max_rounds(self.name, rounds, err, p["stop_error"])
         images = quantize(train.images, delta.cpu(), eps)
         info = {"rounds": rounds, "surrogate_train_acc": 1.0 - err, "hit_max_rounds": hit_max,
-                "eps": eps, "step": step, "seconds": time.perf_counter() - t0}
-        emn.save_cached(path, images, info, model)
-        self.last_info = {**info, "cached": False}
-        return train.with_images(images, origin=f"protected:{self.name}")
+                "eps": eps, "step": step}
+        return images, info, model
 
 
 @hookimpl

@@ -45,7 +45,6 @@ Differences from the reference code, and why:
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -160,20 +159,9 @@ class SEM(Protector):
         return Budget("linf", self.p["rho_u"])
 
     def protect(self, train: ImageSet, ctx: Any) -> ImageSet:
-        path = cache.cache_file(ctx, self.name, self.version, train, self.p)
-        hit = cache.load_cached(path, train)
-        if hit is not None:
-            images, info = hit
-            self.last_info = {**info, "cached": True}
-            return train.with_images(images, origin=f"protected:{self.name}")
-        t0 = time.perf_counter()
-        images, model, info = self._run(train, ctx)
-        info["seconds"] = time.perf_counter() - t0
-        cache.save_cached(path, images, info, model)
-        self.last_info = {**info, "cached": False}
-        return train.with_images(images, origin=f"protected:{self.name}")
+        return cache.cached_protect(self, train, ctx, self.p, lambda: self._run(train, ctx))
 
-    def _run(self, train: ImageSet, ctx: Any) -> tuple[torch.Tensor, torch.nn.Module, dict[str, Any]]:
+    def _run(self, train: ImageSet, ctx: Any) -> tuple[torch.Tensor, dict[str, Any], torch.nn.Module]:
         p = self.p
         dev = ctx.device
         X, Y = train.images.to(dev), train.labels.to(dev)
@@ -224,7 +212,7 @@ class SEM(Protector):
         finally:
             task.close()
         info = {"train_steps": p["train_steps"], "surrogate_robust_batch_acc": robust_acc}
-        return out_u8, model, info
+        return out_u8, info, model
 
 
 class REM(SEM):

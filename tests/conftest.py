@@ -8,6 +8,9 @@ import os
 import tempfile
 
 import pytest
+import torch
+
+from arena.progress import Progress
 
 _own = sorted(ep.name for ep in md.distribution("unlearnable-arena").entry_points if ep.group == "arena")
 os.environ["ARENA_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -33,3 +36,34 @@ def digits32():
 
     train, test = get_registry().dataset("digits").load(size=32)
     return make_splits(train, test, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The test machine's two cores are shared; one thread per process is several times faster there.
+    Modules that train opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Recorder(Progress):
+    """Keeps every task's description, declared total, advances and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.tasks: list[dict] = []
+
+    def task(self, description: str, total: int | None = None):
+        rec = {"description": description, "total": total, "advanced": 0, "closed": False}
+        self.tasks.append(rec)
+
+        class _T:
+            def advance(self, n: int = 1, **info) -> None:
+                rec["advanced"] += n
+
+            def close(self) -> None:
+                rec["closed"] = True
+
+        return _T()
+

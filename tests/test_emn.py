@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Recorder
 
 from arena import Context, Recipe, check_budget, train_victim
 from arena.conformance import assert_conforms
@@ -26,33 +27,8 @@ TINY = {"surrogate": "cnn-small", "pgd_steps": 2, "max_rounds": 2, "batch_size":
 RECIPE = Recipe(epochs=15, batch_size=128, crop_pad=2)  # pad 2 at 16 px = the usual pad 4 at 32 px
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's two cores are shared; one thread per process is several times faster there."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-class Recorder(Progress):
-    """Keeps every task's description, declared total and advances, to check progress is reported."""
-
-    def __init__(self) -> None:
-        self.tasks: list[dict] = []
-
-    def task(self, description: str, total: int | None = None):
-        rec = {"description": description, "total": total, "advanced": 0, "closed": False}
-        self.tasks.append(rec)
-
-        class _T:
-            def advance(self, n: int = 1, **info) -> None:
-                rec["advanced"] += n
-
-            def close(self) -> None:
-                rec["closed"] = True
-
-        return _T()
 
 
 def _ctx(tmp: Path, seed: int = 0, progress: Progress | None = None) -> Context:

@@ -27,13 +27,7 @@ TINY = {"ddpm_channels": "8,16", "ddpm_steps": 40, "ddpm_batch_size": 32, "ckpt_
         "t_p": 5, "n_rounds": 1, "batch_size": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's two cores are shared; one thread per process is faster there."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killer(Progress):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Recorder
 
 from arena import Context, Recipe, check_budget, make_splits, train_victim
 from arena.conformance import assert_conforms
 from arena.models import build_model
-from arena.progress import Progress
 from arena.registry import get_registry
 from plugins.sem import _uniform, augment, defensive_noise, pgd_attack
 
@@ -32,33 +32,8 @@ def _digits(train_size: int):
     return make_splits(tr, te, train_size=train_size, test_size=300, seed=0)
 
 
-class Recorder(Progress):
-    """Keeps every task's description, advances and whether it was closed."""
 
-    def __init__(self) -> None:
-        self.tasks: list[dict] = []
-
-    def task(self, description: str, total: int | None = None):
-        rec = {"description": description, "total": total, "advanced": 0, "closed": False}
-        self.tasks.append(rec)
-
-        class _T:
-            def advance(self, n: int = 1, **info) -> None:
-                rec["advanced"] += n
-
-            def close(self) -> None:
-                rec["closed"] = True
-
-        return _T()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's two cores are shared; one thread per process is several times faster there."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_budget_and_same_seed_same_images(tmp_path):
