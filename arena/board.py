@@ -100,7 +100,7 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
             mine = {(e, a): v for (pp, e, a), v in means.items() if pp == p}
             worst = max(mine, key=mine.get)
             prot_worst[p].append(mine[worst])
-            prot_which[p].append(f"{worst[0]} / {worst[1]}")
+            prot_which[p].append(worst)
             if p == "none":
                 continue
             for (e, a), v in mine.items():
@@ -108,9 +108,12 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
                 base = mine.get(("none", a))
                 if base is not None:
                     expl_gain[e].append(v - base)
-    protectors = [{"protector": p, "worst_case_acc": statistics.fmean(v), "strongest_exploiter": max(
-        set(prot_which[p]), key=prot_which[p].count), "settings": len(v), "has_invalid": p in invalid,
-        "baseline": p == "none"} for p, v in prot_worst.items()]
+    protectors = []
+    for p, v in prot_worst.items():
+        exploiter, arch = max(set(prot_which[p]), key=prot_which[p].count)  # the most frequent worst case
+        protectors.append({"protector": p, "worst_case_acc": statistics.fmean(v), "strongest_exploiter": exploiter,
+                           "strongest_architecture": arch, "settings": len(v), "has_invalid": p in invalid,
+                           "baseline": p == "none"})
     protectors.sort(key=lambda d: d["worst_case_acc"])
     exploiters = [{"exploiter": e, "mean_acc": statistics.fmean(v), "mean_recovered": _mean(expl_gain.get(e, [])),
                    "cells": len(v)} for e, v in expl_acc.items()]

@@ -37,8 +37,9 @@ RECIPE_PARAMS = ParamSpec((
     Param("crop_pad", int, 4, "random-crop padding in pixels (0: no crop)", low=0),
     Param("flip", bool, True, "random horizontal flip"),
     Param("eval_batch_size", int, 1024, low=1),
-    Param("amp", str, "auto", "bf16 autocast: auto = on for CUDA", choices=("auto", "on", "off")),
-    Param("channels_last", str, "auto", choices=("auto", "on", "off")),
+    Param("amp", str, "auto", "bf16 autocast: auto = on for CUDA and CPUs with native bf16",
+          choices=("auto", "on", "off")),
+    Param("channels_last", str, "auto", "NHWC layout: auto = on", choices=("auto", "on", "off")),
     Param("compile", bool, False, "torch.compile the model (GPU, long runs)"),
     Param("grad_clip", float, 0.0, "max grad norm, 0 = off", low=0.0),
 ))
@@ -86,8 +87,24 @@ class TrainResult:
     images_per_s: float = 0.0
 
 
-def _use(flag: str, device: torch.device) -> bool:
-    return flag == "on" or (flag == "auto" and device.type == "cuda")
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch without the probes: stay in float32
+        return False
+
+
+def use_amp(flag: str, device: torch.device) -> bool:
+    """bf16 autocast: ``auto`` turns it on for CUDA and for CPUs with native bf16, where it is ~2x faster for
+    convolutions (resnet18 at 32 px on 2 EPYC cores: 72 -> 171 img/s); accuracy is checked against float32
+    by ``benchmarks/trainer.py``."""
+    return flag == "on" or (flag == "auto" and (device.type == "cuda" or cpu_has_native_bf16()))
+
+
+def use_channels_last(flag: str, device: torch.device) -> bool:
+    """NHWC memory layout: ``auto`` turns it on everywhere (oneDNN and cuDNN convolutions both prefer it)."""
+    return flag == "on" or flag == "auto"
 
 
 @torch.no_grad()
@@ -144,8 +161,8 @@ def train_victim(
     for m in mods:
         m.num_classes = train.num_classes
         recipe = m.configure(recipe)
-    amp = _use(recipe.amp, device)
-    chl = _use(recipe.channels_last, device)
+    amp = use_amp(recipe.amp, device)
+    chl = use_channels_last(recipe.channels_last, device)
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
 

@@ -37,6 +37,7 @@ from PIL import Image
 from arena import ImageSet, Recipe, evaluate, make_splits, train_victim
 from arena.models import build_model
 from arena.registry import get_registry
+from arena.trainer import use_amp, use_channels_last
 
 
 def find_cifar(root: str | None) -> Path:
@@ -126,6 +127,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--compile", action="store_true", help="torch.compile in the arena trainer")
+    ap.add_argument("--amp", default="auto", choices=("auto", "on", "off"), help="the arena recipe's bf16 autocast")
+    ap.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"), help="the arena recipe's layout")
+    ap.add_argument("--crop-pad", type=int, default=4, help="random-crop padding, px (both trainers)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -134,11 +138,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 2)
     train, test = load_data(args)
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, compile=args.compile, amp=args.amp,
+                    channels_last=args.channels_last, crop_pad=args.crop_pad)
+    amp, chl = use_amp(recipe.amp, device), use_channels_last(recipe.channels_last, device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"# {dt.date.today()} {platform.node()} {dev_name}; torch {torch.__version__}; data {args.data} "
           f"{len(train)} train / {len(test)} test at {train.shape[1]} px; {args.epochs} epoch(s), batch "
-          f"{args.batch_size}; reference DataLoader workers {workers}", flush=True)
-    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, compile=args.compile)
+          f"{args.batch_size}; reference DataLoader workers {workers}; arena bf16 {amp}, channels_last {chl}", flush=True)
     ratios = []
     for arch in args.archs.split(","):
         c, h, _ = train.shape
@@ -150,8 +156,9 @@ def main() -> None:
                 seconds = res.seconds
             else:
                 seconds = train_reference(model, train, recipe, device, workers, args.seed)
-            amp = name == "arena" and device.type == "cuda"
-            acc = evaluate(model.to(device), test.images.to(device), test.labels.to(device), amp=amp)
+            fast = name == "arena"
+            acc = evaluate(model.to(device), test.images.to(device), test.labels.to(device), amp=fast and amp,
+                           channels_last=fast and chl)
             ips = args.epochs * len(train) / seconds
             results[name] = ips
             print(f"{arch:12s} {name:9s} {ips:9.1f} img/s  {seconds:8.1f} s  clean test acc {100 * acc:5.1f}%",

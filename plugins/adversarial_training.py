@@ -21,7 +21,7 @@ over a large test split cost about 20 training epochs' worth of forward-backward
 Differences from the reference code (Madry's TF ``cifar10_challenge`` / common PyTorch ports): the
 gradient is taken with ``torch.autograd.grad`` on delta only (no parameter gradients accumulate during
 the attack); randomness comes from the trainer's seeded generator; on CUDA the attack runs under the
-same bf16 autocast as the training step when the recipe enables it.
+same bf16 autocast as the training step when the recipe enables it (CUDA, and CPUs with native bf16).
 
 Composability: combines with every other exploiter. Sensible cells: ``adversarial-training`` + a
 data-level purifier (ISS, filters, JCDP: purify then train robustly), + ``cutmix``/``mixup``/``cutout``/
@@ -40,10 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from arena import Exploiter, Param, ParamSpec, TrainingMod, hookimpl
-
-
-def _amp_enabled(flag: str, device: torch.device) -> bool:
-    return flag == "on" or (flag == "auto" and device.type == "cuda")
+from arena.trainer import use_amp
 
 
 def pgd_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
@@ -94,7 +91,7 @@ class PGDTraining(TrainingMod):
         try:
             return pgd_attack(model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
                               random_start=self.random_start, gen=gen,
-                              amp=_amp_enabled(self.amp_flag, x.device))
+                              amp=use_amp(self.amp_flag, x.device))
         finally:
             model.train(was_training)
 
@@ -108,7 +105,7 @@ class PGDTraining(TrainingMod):
             test_x, test_y = test_x[idx], test_y[idx]
         was_training = model.training
         model.eval()
-        amp = _amp_enabled(self.amp_flag, test_x.device)
+        amp = use_amp(self.amp_flag, test_x.device)
         correct = 0
         try:
             for i in range(0, test_x.shape[0], self.eval_batch_size):

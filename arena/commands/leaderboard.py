@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     for i, d in enumerate(ranks["protectors"], 1):
         name = d["protector"] + (" (baseline)" if d.get("baseline") else "")
         t.add_row(str(i), name + (" [red](has invalid cells)[/red]" if d["has_invalid"] else ""),
-                  f"{100 * d['worst_case_acc']:.1f}", d["strongest_exploiter"], str(d["settings"]))
+                  f"{100 * d['worst_case_acc']:.1f}", f"{d['strongest_exploiter']} / {d['strongest_architecture']}",
+                  str(d["settings"]))
     con.print(t)
     t = Table(title="exploiters by accuracy recovered on protected data (higher is stronger)")
     for c in ("rank", "exploiter", "mean acc %", "mean gain over 'none' (points)", "cells"):
