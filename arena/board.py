@@ -143,7 +143,9 @@ def plot_heatmaps(mats: list[dict[str, Any]], path: Path) -> Path:
                 c = m["cells"].get(p, {}).get(e)
                 if c and c["value"] is not None:
                     grid[i, j] = 100 * c["value"]
-        im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn_r", aspect="equal")
+        # Colour runs from 0 to the matrix's best cell, so a hard data set (clean 50 %) is not all green.
+        top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 100.0
+        im = ax.imshow(grid, vmin=0, vmax=max(top, 10.0), cmap="RdYlGn_r", aspect="equal")
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 c = m["cells"].get(m["protectors"][i], {}).get(m["exploiters"][j])
