@@ -38,6 +38,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from common import emit
 
 from arena import Context, Recipe, make_splits
 from arena.registry import get_registry
@@ -134,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                "dataset": a.dataset, "train": len(splits.train), "raw": len(raw), "test": len(splits.test),
                "epochs": a.epochs, "arch": a.arch, "device": str(ctx.device)}
         rows.append(row)
-        line = json.dumps(row, default=str)
-        print("RESULT " + line, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+        emit(row, a.out)
     print(f"\nclean test accuracy (%), {a.arch}, {len(splits.train)} train images, {a.epochs} epochs; "
           "paper: CIFAR-10, ResNet-18, full data, DDPM on the clean train split\n")
     print("| data | exploiter | ours | paper | purify s | DDPM train s | lpips backbone |")

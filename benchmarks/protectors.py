@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import emit
 
 from arena import ArenaError, Context, Recipe, make_splits
 from arena.registry import get_registry
@@ -179,11 +180,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except ArenaError as e:  # a budget violation or contract error is a result, not a crash
             row = {"protector": n, "params": params[n], "error": str(e)}
         rows.append(row)
-        line = json.dumps(row, default=str)
-        print("RESULT " + line, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+        emit(row, a.out)
     print()
     print(f"{a.dataset} {a.size}px, {len(splits.train)} train / {len(splits.test)} test, victim {a.arch} "
           f"{a.epochs} epochs, device {rows[0].get('device', a.device) if rows else a.device}")

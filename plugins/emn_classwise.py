@@ -47,12 +47,12 @@ from typing import Any
 
 import torch
 
-from arena import Budget, ImageSet, Param, ParamSpec, Protector, hookimpl, quantize
+from arena import ImageSet, Param, ParamSpec, hookimpl, quantize
 from arena.data import balanced_indices
 from plugins import emn_common as emn
 
 
-class EMNClasswise(Protector):
+class EMNClasswise(emn.EMNProtector):
     name = "emn-classwise"
     summary = "error-minimizing noise, one delta per class (Huang et al., ICLR 2021)"
     version = "1"
@@ -61,18 +61,10 @@ class EMNClasswise(Protector):
         Param("subset", float, 0.2, "share of the train split the noise is optimized on", low=0.0, high=1.0),
     ))
 
-    def budget(self, train: ImageSet) -> Budget:
-        return Budget("linf", emn.resolved(self.p, train)[0])
-
     def _subset(self, train: ImageSet, ctx: Any) -> torch.Tensor:
         n, k = len(train), train.num_classes
         size = min(n, max(int(round(self.p["subset"] * n)), k, 1))
         return balanced_indices(train.labels, size, ctx.generator(202, device="cpu"))
-
-    def protect(self, train: ImageSet, ctx: Any) -> ImageSet:
-        eps, step = emn.resolved(self.p, train)
-        return emn.cached_protect(self, train, ctx, {**self.p, "eps": eps, "step": step},
-                                  lambda: self._run(train, ctx, eps, step))
 
     def _run(self, train: ImageSet, ctx: Any, eps: float, step: float
              ) -> tuple[torch.Tensor, dict[str, Any], torch.nn.Module]:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from arena import ImageSet, Param
+from arena import Budget, ImageSet, Param, Protector
 
 LARGE = 64  # images whose side exceeds this get the paper's 16/255 budget instead of 8/255
 
@@ -219,3 +219,20 @@ def save_cached(path: Path, images: torch.Tensor, info: dict[str, Any], surrogat
     state = {k: v.detach().cpu() for k, v in surrogate.state_dict().items()}
     torch.save({"images": images.cpu(), "info": json.dumps(info), "surrogate": state}, tmp)
     os.replace(tmp, path)
+
+
+class EMNProtector(Protector):
+    """What both EMN variants share: the size-dependent L-inf budget and a cached ``protect`` around the
+    variant's ``_run(train, ctx, eps, step) -> (images, info, surrogate)``."""
+
+    def budget(self, train: ImageSet) -> Budget:
+        return Budget("linf", resolved(self.p, train)[0])
+
+    def protect(self, train: ImageSet, ctx: Any) -> ImageSet:
+        eps, step = resolved(self.p, train)
+        return cached_protect(self, train, ctx, {**self.p, "eps": eps, "step": step},
+                              lambda: self._run(train, ctx, eps, step))
+
+    def _run(self, train: ImageSet, ctx: Any, eps: float, step: float
+             ) -> tuple[torch.Tensor, dict[str, Any], torch.nn.Module]:
+        raise NotImplementedError

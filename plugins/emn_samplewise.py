@@ -47,23 +47,15 @@ from typing import Any
 
 import torch
 
-from arena import Budget, ImageSet, ParamSpec, Protector, hookimpl, quantize
+from arena import ImageSet, ParamSpec, hookimpl, quantize
 from plugins import emn_common as emn
 
 
-class EMNSamplewise(Protector):
+class EMNSamplewise(emn.EMNProtector):
     name = "emn-samplewise"
     summary = "error-minimizing noise, one delta per image (Huang et al., ICLR 2021)"
     version = "1"
     params = ParamSpec(emn.common_params(stop_error=0.01, pgd_steps=20, max_rounds=200))
-
-    def budget(self, train: ImageSet) -> Budget:
-        return Budget("linf", emn.resolved(self.p, train)[0])
-
-    def protect(self, train: ImageSet, ctx: Any) -> ImageSet:
-        eps, step = emn.resolved(self.p, train)
-        return emn.cached_protect(self, train, ctx, {**self.p, "eps": eps, "step": step},
-                                  lambda: self._run(train, ctx, eps, step))
 
     def _run(self, train: ImageSet, ctx: Any, eps: float, step: float
              ) -> tuple[torch.Tensor, dict[str, Any], torch.nn.Module]:
