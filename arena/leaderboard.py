@@ -72,12 +72,20 @@ def write_row(out_dir: Path, row: dict[str, Any]) -> Path:
     return path
 
 
+def cell_files(path: Path) -> list[str]:
+    """Every finished cell file under ``path``, subdirectories included (``leaderboard/`` holds one folder
+    per tournament), skipping hidden folders (stage caches) and half-written ``.tmp-*`` files."""
+    return sorted(str(p) for p in Path(path).rglob("cell-*.parquet")
+                  if not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
 def read_table(path: Path | str, columns: list[str] | None = None) -> pa.Table:
-    """All rows under ``path`` (a directory of cell files, or one Parquet file)."""
+    """All rows under ``path`` (a directory tree of cell files, or one Parquet file)."""
     path = Path(path)
-    if path.is_dir() and not any(path.glob("*.parquet")):
+    source = cell_files(path) if path.is_dir() else [str(path)]
+    if not source:
         return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
-    ds = pds.dataset(str(path), format="parquet", schema=SCHEMA)
+    ds = pds.dataset(source, format="parquet", schema=SCHEMA)
     return ds.to_table(columns=columns)
 
 

@@ -125,15 +125,14 @@ def load_lpips() -> tuple[torch.nn.Module, str]:
         model = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)  # linear layers: shipped weights
         backbone = "random"
         if hub.exists():
-                from torchvision.models import alexnet
+            from torchvision.models import alexnet
 
-                tv = alexnet()
-                tv.load_state_dict(torch.load(hub, map_location="cpu", weights_only=True))
-                for sl in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4,
-                           model.net.slice5):
-                    for name, mod in sl.named_children():
-                        mod.load_state_dict(tv.features[int(name)].state_dict())
-                backbone = "imagenet"
+            tv = alexnet()
+            tv.load_state_dict(torch.load(hub, map_location="cpu", weights_only=True))
+            for sl in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
+                for name, mod in sl.named_children():
+                    mod.load_state_dict(tv.features[int(name)].state_dict())
+            backbone = "imagenet"
     if backbone == "random" and "lpips" not in _WARNED:
         _WARNED.add("lpips")
         warnings.warn(f"jcdp: ImageNet AlexNet weights for LPIPS not found at {hub} (the arena never "

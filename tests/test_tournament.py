@@ -185,3 +185,17 @@ def test_training_level_exploiters_share_one_pass_through_purify_job(tmp_path: P
     assert len(grid.cells) == 8, "every protector x exploiter is its own cell"
     assert len(grid.purifies) == 4, "per protector: one pass-through job for none/mixup/early-stopping + iss-jpeg"
     assert len(grid.protects) == 2
+
+
+def test_leaderboard_reads_a_tree_of_tournaments_and_skips_caches(tmp_path: Path) -> None:
+    from arena.leaderboard import write_row
+
+    row = {"tournament": "a", "dataset": "digits", "protector": "none", "exploiter": "none", "architecture": "cnn-small",
+           "poison_ratio": 1.0, "seed": 0, "status": "ok", "train_subset": "all", "clean_acc": 0.9}
+    write_row(tmp_path / "a", {**row, "cell_key": "k1"})
+    write_row(tmp_path / "b", {**row, "tournament": "b", "cell_key": "k2"})
+    write_row(tmp_path / "b" / ".cache", {**row, "tournament": "hidden", "cell_key": "k3"})
+    (tmp_path / "README.md").write_text("not a row")
+    (tmp_path / "b" / ".tmp-1-cell-k4.parquet").write_bytes(b"half a file")
+    rows = read_rows(tmp_path)
+    assert sorted(r["tournament"] for r in rows) == ["a", "b"]
