@@ -80,33 +80,19 @@ class EMNClasswise(emn.EMNProtector):
         def noise_of(idx: torch.Tensor) -> torch.Tensor:
             return delta[Y[idx]]
 
-        task = ctx.progress.task(f"{self.name} rounds", total=p["max_rounds"])
-        err, rounds = 1.0, 0
-        try:
-            for rounds in range(1, p["max_rounds"] + 1):
-                emn.model_steps(model, opt, batches, p["model_steps"], X, Y, noise_of, p["grad_clip"])
-                with emn.frozen(model):
-                    for idx in batches.one_pass():
-                        y = Y[idx]
-                        eta = emn.min_min(model, X[idx].float().div_(255.0), y, delta[y], eps, step,
-                                          p["pgd_steps"])
-                        sums = torch.zeros_like(delta).index_add_(0, y, eta)
-                        counts = torch.bincount(y, minlength=k)
-                        seen = counts > 0
-                        mean = sums[seen] / counts[seen].to(sums.dtype).view(-1, 1, 1, 1)
-                        delta[seen] = mean.clamp_(-eps, eps)
-                err = emn.error_rate(model, X, Y, noise_of, p["batch_size"])
-                task.advance(1, round=rounds, train_acc=1.0 - err)
-                if err < p["stop_error"]:
-                    break
-        finally:
-            task.close()
-        hit_max = err >= p["stop_error"]
-        if hit_max:
-            emn.warn_max_rounds(self.name, rounds, err, p["stop_error"])
+        def noise_pass() -> None:  # one PGD step per batch; each class delta <- mean of its images' updates
+            for idx in batches.one_pass():
+                y = Y[idx]
+                eta = emn.min_min(model, X[idx].float().div_(255.0), y, delta[y], eps, step, p["pgd_steps"])
+                sums = torch.zeros_like(delta).index_add_(0, y, eta)
+                counts = torch.bincount(y, minlength=k)
+                seen = counts > 0
+                mean = sums[seen] / counts[seen].to(sums.dtype).view(-1, 1, 1, 1)
+                delta[seen] = mean.clamp_(-eps, eps)
+
+        info = emn.alternate(self.name, p, model, opt, batches, X, Y, noise_of, noise_pass, ctx.progress)
         images = quantize(train.images, delta.cpu()[train.labels], eps)
-        info = {"rounds": rounds, "surrogate_train_acc": 1.0 - err, "hit_max_rounds": hit_max,
-                "eps": eps, "step": step, "subset_size": int(sub.numel())}
+        info.update(eps=eps, step=step, subset_size=int(sub.numel()))
         return images, info, model
 
 

@@ -152,6 +152,32 @@ def min_min(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, delta: tor
     return delta
 
 
+def alternate(name: str, p: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+              batches: BatchCycler, X: torch.Tensor, Y: torch.Tensor,
+              noise_of: Callable[[torch.Tensor], torch.Tensor], noise_pass: Callable[[], None],
+              progress: Any) -> dict[str, Any]:
+    """The min-min loop both variants share: M model steps, one noise pass (frozen surrogate), the stop
+    test on clamp(x + delta); until the surrogate's error is below ``stop_error`` or ``max_rounds``.
+    Returns the run info (rounds, surrogate train accuracy, whether max_rounds was hit)."""
+    task = progress.task(f"{name} rounds", total=p["max_rounds"])
+    err, rounds = 1.0, 0
+    try:
+        for rounds in range(1, p["max_rounds"] + 1):
+            model_steps(model, opt, batches, p["model_steps"], X, Y, noise_of, p["grad_clip"])
+            with frozen(model):
+                noise_pass()
+            err = error_rate(model, X, Y, noise_of, p["batch_size"])
+            task.advance(1, round=rounds, train_acc=1.0 - err)
+            if err < p["stop_error"]:
+                break
+    finally:
+        task.close()
+    hit_max = err >= p["stop_error"]
+    if hit_max:
+        warn_max_rounds(name, rounds, err, p["stop_error"])
+    return {"rounds": rounds, "surrogate_train_acc": 1.0 - err, "hit_max_rounds": hit_max}
+
+
 @torch.no_grad()
 def error_rate(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor,
                noise_of: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> float:

@@ -70,28 +70,15 @@ class EMNSamplewise(emn.EMNProtector):
         def noise_of(idx: torch.Tensor) -> torch.Tensor:
             return delta[idx]
 
-        task = ctx.progress.task(f"{self.name} rounds", total=p["max_rounds"])
-        err, rounds = 1.0, 0
-        try:
-            for rounds in range(1, p["max_rounds"] + 1):
-                emn.model_steps(model, opt, batches, p["model_steps"], X, Y, noise_of, p["grad_clip"])
-                with emn.frozen(model):
-                    for i in range(0, n, p["batch_size"]):
-                        sl = slice(i, min(i + p["batch_size"], n))
-                        x = X[sl].float().div_(255.0)
-                        delta[sl] = emn.min_min(model, x, Y[sl], delta[sl], eps, step, p["pgd_steps"])
-                err = emn.error_rate(model, X, Y, noise_of, p["batch_size"])
-                task.advance(1, round=rounds, train_acc=1.0 - err)
-                if err < p["stop_error"]:
-                    break
-        finally:
-            task.close()
-        hit_max = err >= p["stop_error"]
-        if hit_max:
-            emn.warn_max_rounds(self.name, rounds, err, p["stop_error"])
+        def noise_pass() -> None:  # every image: pgd_steps of min-min PGD on its own delta
+            for i in range(0, n, p["batch_size"]):
+                sl = slice(i, min(i + p["batch_size"], n))
+                delta[sl] = emn.min_min(model, X[sl].float().div_(255.0), Y[sl], delta[sl], eps, step,
+                                        p["pgd_steps"])
+
+        info = emn.alternate(self.name, p, model, opt, batches, X, Y, noise_of, noise_pass, ctx.progress)
         images = quantize(train.images, delta.cpu(), eps)
-        info = {"rounds": rounds, "surrogate_train_acc": 1.0 - err, "hit_max_rounds": hit_max,
-                "eps": eps, "step": step}
+        info.update(eps=eps, step=step)
         return images, info, model
 
 
