@@ -14,3 +14,15 @@ def emit(row: dict[str, Any], out: str | None) -> None:
     if out:
         with open(out, "a") as f:
             f.write(line + "\n")
+
+
+def splits_for(dataset: str, size: int, root: str | None, train: int | None, test: int | None, seed: int) -> Any:
+    """The benchmark's splits, loaded the way a tournament loads them (``size`` only for loaders that take it;
+    ``root`` falls back to ``$ARENA_DATA``); 0 or None for ``train``/``test`` means the whole split."""
+    from arena.commands.common import load_splits
+    from arena.registry import get_registry
+
+    loader = get_registry().dataset(dataset)
+    params = {"size": size} if "size" in {p.name for p in loader.params.params} else {}
+    return load_splits(dataset, params, root if loader.needs_root else None, False, train or None, test or None,
+                       0.1, seed)

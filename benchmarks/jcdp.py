@@ -38,9 +38,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import emit
+from common import emit, splits_for
 
-from arena import Context, Recipe, make_splits
+from arena import Context, Recipe
 from arena.registry import get_registry
 from arena.stages import run_protect, run_purify, run_train
 
@@ -91,11 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     reg = get_registry()
-    loader = reg.dataset(a.dataset)
-    kwargs = {"size": a.size} | ({"root": Path(a.root)} if a.dataset == "imagefolder" else {})
     t0 = time.perf_counter()
-    tr, te = loader.load(**kwargs)
-    splits = make_splits(tr, te, train_size=a.train or None, test_size=a.test or None, seed=a.seed)
+    splits = splits_for(a.dataset, a.size, a.root, a.train, a.test, a.seed)
     raw = splits.raw if not a.raw else splits.raw.subset(list(range(min(a.raw, len(splits.raw)))))
     print(f"data {a.dataset}: {len(splits.train)} train / {len(raw)} raw / {len(splits.test)} test at {a.size} px "
           f"({time.perf_counter() - t0:.1f}s)", flush=True)

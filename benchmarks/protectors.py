@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import emit
+from common import emit, splits_for
 
-from arena import ArenaError, Context, Recipe, make_splits
+from arena import ArenaError, Context, Recipe
 from arena.registry import get_registry
 from arena.stages import run_protect, run_train
 
@@ -167,10 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for n in names:
         reg.protector(n, params[n])
 
-    loader = reg.dataset(a.dataset)
-    load_kw = {"size": a.size} if "size" in {p.name for p in loader.params.params} else {}
-    tr, te = loader.load(root=Path(a.root) if loader.needs_root else None, **load_kw)
-    splits = make_splits(tr, te, train_size=a.train, test_size=a.test, seed=a.seed)
+    splits = splits_for(a.dataset, a.size, a.root, a.train, a.test, a.seed)
     ctx = Context(device=torch.device(a.device), seed=a.seed, cache_dir=Path(a.cache_dir) if a.cache_dir else None)
 
     rows: list[dict] = []
