@@ -7,7 +7,7 @@ Plugin authors import everything they need from here::
 
 from .budget import Budget, BudgetViolation, check_budget, quantize
 from .context import Context
-from .contracts import Architecture, Encoder, Exploiter, Protector, TrainingMod
+from .contracts import Architecture, Encoder, Exploiter, Protector, TrainingMod, TransformExploiter
 from .data import DatasetLoader, ImageSet, Splits, make_splits
 from .hookspecs import hookimpl, hookspec
 from .params import ArenaError, Param, ParamError, ParamSpec
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Architecture", "ArenaError", "Budget", "BudgetViolation", "Context", "DatasetLoader", "Encoder",
     "Exploiter", "ImageSet", "Param", "ParamError", "ParamSpec", "Protector", "Recipe", "Splits",
-    "TrainResult", "TrainingMod", "check_budget", "evaluate", "hookimpl", "hookspec", "make_splits",
+    "TrainResult", "TrainingMod", "TransformExploiter", "check_budget", "evaluate", "hookimpl", "hookspec", "make_splits",
     "quantize", "train_victim", "__version__",
 ]

@@ -131,6 +131,20 @@ class Exploiter(_Plugin):
         return type(self).training_mod is not Exploiter.training_mod
 
 
+class TransformExploiter(Exploiter):
+    """A data-level exploiter that maps the protected images through one fixed function, once (ISS squeezes,
+    low-pass filters). Subclasses implement ``transform``; the images arrive on ``ctx.device``."""
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x H x W in, uint8 of the same shape out."""
+        raise NotImplementedError
+
+    def purify(self, protected: ImageSet, raw: ImageSet | None, ctx: Context) -> ImageSet:
+        dev = getattr(ctx, "device", torch.device("cpu"))
+        out = self.transform(protected.images.to(dev)).cpu()
+        return protected.with_images(out, origin=f"purified:{self.name}")
+
+
 @dataclass
 class Architecture:
     """A registered model family: ``build(num_classes, in_channels, image_size) -> nn.Module``."""

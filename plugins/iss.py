@@ -33,12 +33,10 @@ The same squeeze twice in one combination is refused by the arena (one-line erro
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-from arena import ArenaError, Exploiter, ImageSet, Param, ParamSpec, hookimpl
+from arena import ArenaError, Param, ParamSpec, TransformExploiter, hookimpl
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -70,42 +68,31 @@ def bit_depth_reduce(images: torch.Tensor, bits: int) -> torch.Tensor:
     return (x.mul(levels).round_().div_(levels).mul_(255.0)).round_().clamp_(0, 255).to(torch.uint8)
 
 
-class _Squeeze(Exploiter):
-    """Shared purify(): apply ``squeeze`` once to the protected train images on the context's device."""
 
-    def squeeze(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def purify(self, protected: ImageSet, raw: ImageSet | None, ctx: Any) -> ImageSet:
-        dev = getattr(ctx, "device", torch.device("cpu"))
-        out = self.squeeze(protected.images.to(dev)).cpu()
-        return protected.with_images(out, origin=f"purified:{self.name}")
-
-
-class ISSGrayscale(_Squeeze):
+class ISSGrayscale(TransformExploiter):
     name = "iss-grayscale"
     summary = "ISS: grayscale the protected train images (once)"
     params = ParamSpec()
 
-    def squeeze(self, images: torch.Tensor) -> torch.Tensor:
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
         return grayscale(images)
 
 
-class ISSJpeg(_Squeeze):
+class ISSJpeg(TransformExploiter):
     name = "iss-jpeg"
     summary = "ISS: JPEG-compress the protected train images (once)"
     params = ParamSpec((Param("quality", int, 10, "JPEG quality (ISS: 10)", low=1, high=100),))
 
-    def squeeze(self, images: torch.Tensor) -> torch.Tensor:
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
         return jpeg(images, self.p["quality"])
 
 
-class ISSBitDepth(_Squeeze):
+class ISSBitDepth(TransformExploiter):
     name = "iss-bdr"
     summary = "ISS: bit-depth reduction of the protected train images (once)"
     params = ParamSpec((Param("bits", int, 2, "bits kept per channel (ISS: 2)", low=1, high=8),))
 
-    def squeeze(self, images: torch.Tensor) -> torch.Tensor:
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
         return bit_depth_reduce(images, self.p["bits"])
 
 

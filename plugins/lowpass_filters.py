@@ -24,12 +24,10 @@ refused by the arena (one-line error): raise ``size`` instead.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from arena import Exploiter, ImageSet, Param, ParamSpec, hookimpl
+from arena import Param, ParamSpec, TransformExploiter, hookimpl
 
 SIZE = Param("size", int, 3, "kernel side in pixels (odd)", choices=(3, 5, 7, 9))
 CHUNK = 4096
@@ -76,42 +74,33 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
     return (k / k.sum()).float()
 
 
-class _Filter(Exploiter):
-    def filter(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
-    def purify(self, protected: ImageSet, raw: ImageSet | None, ctx: Any) -> ImageSet:
-        dev = getattr(ctx, "device", torch.device("cpu"))
-        out = self.filter(protected.images.to(dev)).cpu()
-        return protected.with_images(out, origin=f"purified:{self.name}")
-
-
-class MeanFilter(_Filter):
+class MeanFilter(TransformExploiter):
     name = "filter-mean"
     summary = "box (mean) filter on the protected train images, once"
     params = ParamSpec((SIZE,))
 
-    def filter(self, images: torch.Tensor) -> torch.Tensor:
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
         k = self.p["size"]
         return convolve(images, torch.full((k, k), 1.0 / (k * k)))
 
 
-class MedianFilter(_Filter):
+class MedianFilter(TransformExploiter):
     name = "filter-median"
     summary = "median filter on the protected train images, once"
     params = ParamSpec((SIZE,))
 
-    def filter(self, images: torch.Tensor) -> torch.Tensor:
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
         return median_filter(images, self.p["size"])
 
 
-class GaussianFilter(_Filter):
+class GaussianFilter(TransformExploiter):
     name = "filter-gaussian"
     summary = "Gaussian blur on the protected train images, once"
     params = ParamSpec((SIZE, Param("sigma", float, 0.8, "standard deviation in pixels (OpenCV's 3x3 default)",
                                     low=0.05, high=100.0)))
 
-    def filter(self, images: torch.Tensor) -> torch.Tensor:
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
         return convolve(images, gaussian_kernel(self.p["size"], self.p["sigma"]))
 
 
