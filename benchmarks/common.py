@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from arena.progress import RichProgress
+
+
+def progress() -> RichProgress:
+    """Rich progress bars for the protect, purify and train stages: a CPU-sized benchmark runs for an hour
+    and should say where it is (the arena's Context is silent by default)."""
+    from arena.progress import RichProgress
+
+    return RichProgress()
 
 
 def emit(row: dict[str, Any], out: str | None) -> None:

@@ -13,6 +13,7 @@ import json
 import time
 
 import torch
+from common import progress
 
 from arena import Context, Recipe, check_budget, make_splits, train_victim
 from arena.data import resolve_root
@@ -39,7 +40,7 @@ def main() -> None:
     s = make_splits(tr, te, train_size=a.train_size, test_size=a.test_size, seed=0)
     params = {"classifier": "cnn-small", "classifier_epochs": 8, "epochs": 15, **json.loads(a.params), **quick}
     prot = reg.protector("confoundergan", params)
-    ctx = Context(seed=0, recipe=Recipe(epochs=params["classifier_epochs"]))
+    ctx = Context(seed=0, recipe=Recipe(epochs=params["classifier_epochs"]), progress=progress())
     t0 = time.perf_counter()
     enc = prot.fit(s.train, ctx)
     fit_s = time.perf_counter() - t0

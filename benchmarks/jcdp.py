@@ -38,7 +38,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import emit, splits_for
+from common import emit, progress, splits_for
 
 from arena import Context, Recipe
 from arena.registry import get_registry
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = splits.raw if not a.raw else splits.raw.subset(list(range(min(a.raw, len(splits.raw)))))
     print(f"data {a.dataset}: {len(splits.train)} train / {len(raw)} raw / {len(splits.test)} test at {a.size} px "
           f"({time.perf_counter() - t0:.1f}s)", flush=True)
-    ctx = Context(device=torch.device(a.device), seed=a.seed, cache_dir=Path(a.cache_dir))
+    ctx = Context(device=torch.device(a.device), seed=a.seed, cache_dir=Path(a.cache_dir), progress=progress())
     recipe = Recipe(epochs=a.epochs, batch_size=128, crop_pad=a.crop_pad)
 
     jparams: dict = {"preset": a.preset, "ddpm_steps": a.ddpm_steps, "n_rounds": a.n_rounds, "t_p": a.t_p}

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import emit, splits_for
+from common import emit, progress, splits_for
 
 from arena import ArenaError, Context, Recipe
 from arena.registry import get_registry
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         reg.protector(n, params[n])
 
     splits = splits_for(a.dataset, a.size, a.root, a.train, a.test, a.seed)
-    ctx = Context(device=torch.device(a.device), seed=a.seed, cache_dir=Path(a.cache_dir) if a.cache_dir else None)
+    ctx = Context(device=torch.device(a.device), seed=a.seed, cache_dir=Path(a.cache_dir) if a.cache_dir else None, progress=progress())
 
     rows: list[dict] = []
     for n in names:

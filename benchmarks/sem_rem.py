@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import progress
 
 from arena import Context, Recipe, make_splits, train_victim
 from arena.models import build_model
@@ -78,7 +79,7 @@ def main() -> None:
     tr, te = ds.load(size=a.size, **({"root": Path(a.root)} if ds.needs_root else {}))
     s = make_splits(tr, te, train_size=a.train, test_size=a.test, seed=a.seed)
     dev = torch.device(a.device)
-    ctx = Context(device=dev, seed=a.seed, cache_dir=Path(a.cache_dir) if a.cache_dir else None)
+    ctx = Context(device=dev, seed=a.seed, cache_dir=Path(a.cache_dir) if a.cache_dir else None, progress=progress())
     protected, protect_s, rho = {"none": s.train}, {"none": 0.0}, {}
     for n, prot in prots.items():
         t = time.perf_counter()
