@@ -19,10 +19,11 @@ Differences from the reference code (ISS applies torchvision/PIL transforms per 
 DataLoader): everything is batched tensor ops. Grayscale uses PIL's exact integer rule for
 ``convert("L")`` (``(19595 R + 38470 G + 7471 B + 2^15) >> 16``) so results match the reference pixel
 for pixel; torchvision's tensor ``rgb_to_grayscale`` truncates instead of rounding and would darken
-every image by up to one grey level. JPEG uses ``torchvision.io.encode_jpeg``/``decode_jpeg`` (libjpeg,
-bit-identical to PIL's ``save(..., "JPEG", quality=q)`` with its default 4:2:0 chroma subsampling) on
-lists of uint8 tensors, always on the CPU: nvjpeg output differs from libjpeg by a few grey levels and
-between GPU generations, and 50,000 32 px images take seconds on the CPU anyway.
+every image by up to one grey level. JPEG is PIL's ``save(..., "JPEG", quality=q)`` (libjpeg, default 4:2:0
+chroma subsampling) then ``open``, per image, as in the reference, always on the CPU: nvjpeg output differs
+from libjpeg by a few grey levels and between GPU generations, and 50,000 32 px images take seconds on the
+CPU anyway. (Earlier versions used ``torchvision.io.encode_jpeg``, which torchvision 0.29 deprecates; its
+output was checked bit-identical to PIL's at qualities 10 and 75, so results did not change.)
 Single-channel images: grayscale leaves them unchanged; JPEG and BDR work per channel as usual.
 
 Composability: each composes with any other exploiter. Sensible cells: one ISS squeeze +
@@ -33,8 +34,11 @@ The same squeeze twice in one combination is refused by the arena (one-line erro
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+from PIL import Image
 
 from arena import ArenaError, Param, ParamSpec, TransformExploiter, hookimpl
 
@@ -48,17 +52,21 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return lum.clamp_(0, 255).to(torch.uint8)[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
-def jpeg(images: torch.Tensor, quality: int, chunk: int = 4096) -> torch.Tensor:
-    """JPEG round trip of a uint8 batch (libjpeg on the CPU, in chunks to bound memory)."""
+def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG round trip of a uint8 batch through PIL's libjpeg, one image at a time (as ISS's DataLoader)."""
     if images.shape[1] not in (1, 3):
         raise ArenaError(f"iss-jpeg: JPEG holds 1 or 3 channels; got images with {images.shape[1]}")
-    cpu = images.detach().cpu().contiguous()
-    mode = ImageReadMode.RGB if cpu.shape[1] == 3 else ImageReadMode.UNCHANGED
-    out = []
-    for i in range(0, cpu.shape[0], chunk):
-        enc = encode_jpeg(list(cpu[i : i + chunk]), quality=quality)
-        out.extend(decode_jpeg(enc, mode=mode))
-    return torch.stack(out).to(images.device)
+    hwc = images.detach().cpu().permute(0, 2, 3, 1).numpy()
+    out = np.empty_like(hwc)
+    buf = io.BytesIO()
+    for i, img in enumerate(hwc):
+        buf.seek(0)
+        buf.truncate()
+        Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        with Image.open(buf) as dec:
+            out[i] = np.asarray(dec).reshape(img.shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(images.device)
 
 
 def bit_depth_reduce(images: torch.Tensor, bits: int) -> torch.Tensor:
