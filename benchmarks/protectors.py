@@ -15,6 +15,10 @@ protector at its paper defaults): a GPU job. Size it for a CPU with the flags, f
         --surrogate cnn-small --params '{"sem": {"train_steps": 300}, "rem": {"train_steps": 300}}' \\
         --threads 2 --out benchmarks/results/protectors.jsonl
 
+Runs split over several processes (one ``--out`` file each) are put together with ``--report A.jsonl B.jsonl``,
+which prints the table from the rows and, with ``--plot PNG``, draws each protector's accuracy as a share of
+the clean victim's beside the paper's share.
+
 ``--quick`` is a seconds-long smoke run (digits 16 px, tiny params) that only checks the script works.
 Every protector's output is cached under ``--cache-dir`` (keyed by data, params, seed, code version),
 so a rerun after a crash or with another victim skips the protection.
@@ -54,6 +58,13 @@ PAPER: dict[str, str] = {
     "classwise-patch": "n/a (ImageNet-25 only: 70.9 -> 35.4)",
 }
 
+# The same numbers as (accuracy, that paper's clean accuracy), for the picture's "share of clean accuracy
+# left". METHODS.md gives no clean figure from the ConfounderGAN paper; the EMN paper's stands in for it.
+PAPER_RATIO: dict[str, tuple[float, float]] = {
+    "emn-samplewise": (19.9, 94.95), "emn-classwise": (16.4, 94.95), "sem": (13.0, 94.7),
+    "rem": (15.2, 94.7), "confoundergan": (14.9, 94.95),
+}
+
 # --quick: a few seconds per protector on digits 16 px; proves the script runs, measures nothing.
 QUICK_PARAMS: dict[str, dict[str, Any]] = {
     "emn-samplewise": {"surrogate": "cnn-small", "pgd_steps": 2, "max_rounds": 2},
@@ -87,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--cache-dir", default=None, help="protector cache (reruns are free); default: a temp dir")
     ap.add_argument("--out", default=None, help="append one JSON line per protector to this file")
+    ap.add_argument("--report", nargs="+", metavar="ROWS.jsonl", default=None,
+                    help="run nothing: print the table (and --plot) from rows earlier runs wrote with --out")
+    ap.add_argument("--plot", default=None, metavar="PNG",
+                    help="also draw each protector's share of the clean victim's accuracy beside the paper's")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: digits 16 px, 200 train images, cnn-small, 2 epochs, tiny params")
     a = ap.parse_args(argv)
@@ -148,8 +163,48 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """Bars of accuracy / clean accuracy per protector, measured beside published: absolute accuracies of a
+    CPU-sized run and of the papers' full-data ResNet-18 are not comparable, their ratios roughly are."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "error" not in r]
+    clean = next((r["clean_acc"] for r in ok if r["protector"] == "none"), None)
+    if not clean:
+        raise ArenaError("--plot needs a row for protector 'none' (the clean victim the ratios divide by)")
+    shown = [r for r in ok if r["protector"] != "none"]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(shown) + 2))
+    ys = range(len(shown))
+    ax.barh([y + 0.2 for y in ys], [r["clean_acc"] / clean for r in shown], height=0.4, label="measured")
+    paper = [PAPER_RATIO.get(r["protector"], (0.0, 1.0)) for r in shown]  # no published number: no bar
+    ax.barh([y - 0.2 for y in ys], [acc / c for acc, c in paper], height=0.4, label="paper (ResNet-18, full CIFAR-10)")
+    ax.set_yticks(list(ys), [r["protector"] for r in shown])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("victim's clean test accuracy / unprotected victim's (lower protects more)")
+    r0 = ok[0]
+    ax.set_title(f"{r0['dataset']} {r0['size']} px, {r0['train']} images, {r0['arch']} {r0['epochs']} epochs", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(paths: list[str], plot_path: str | None) -> list[dict]:
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    print(table(rows))
+    if plot_path:
+        plot(rows, plot_path)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     a = parse_args(argv)
+    if a.report:
+        return report(a.report, a.plot)
     if a.threads:
         torch.set_num_threads(a.threads)
     reg = get_registry()
@@ -182,6 +237,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{a.dataset} {a.size}px, {len(splits.train)} train / {len(splits.test)} test, victim {a.arch} "
           f"{a.epochs} epochs, device {rows[0].get('device', a.device) if rows else a.device}")
     print(table(rows))
+    if a.plot:
+        plot(rows, a.plot)
     return rows
 
 
