@@ -20,10 +20,18 @@ from .trainer import Recipe, TrainResult, train_victim
 class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
-    scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="arena-")))
+    # Throwaway files of one plugin call. Left unset, a temp dir that is removed with the Context (a
+    # tournament makes one Context per stage; leaking a directory each time filled /tmp).
+    scratch: Path = None  # type: ignore[assignment]
     cache_dir: Path | None = None  # persistent cache for surrogates, generators, DDPMs; name files by content
     progress: Progress = field(default_factory=Progress)
     recipe: Recipe = field(default_factory=Recipe)  # the tournament's victim recipe, for reference
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.scratch is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="arena-")
+            self.scratch = Path(self._tmp.name)
 
     def generator(self, offset: int = 0, device: torch.device | str | None = None) -> torch.Generator:
         """A fresh generator seeded from the cell seed; ``offset`` separates independent streams."""

@@ -112,3 +112,25 @@ def test_exploiter_contract_defaults() -> None:
 
     assert DataOnly().has_purify and not DataOnly().has_training_mod
     assert Exploiter.composable is True  # exploiters compose unless they say otherwise
+
+
+def test_context_scratch_is_removed_with_the_context(tmp_path) -> None:
+    """A tournament makes a Context per stage; each default scratch dir must go away with it, while a
+    scratch the caller names is the caller's and stays."""
+    import gc
+
+    from arena import Context
+
+    ctx = Context()
+    scratch = ctx.scratch
+    (scratch / "f.bin").write_bytes(b"x")
+    assert ctx.cache_path("a").parent == scratch / "cache"
+    del ctx
+    gc.collect()
+    assert not scratch.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    ctx = Context(scratch=mine)
+    del ctx
+    gc.collect()
+    assert mine.is_dir()

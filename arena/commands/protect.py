@@ -10,7 +10,6 @@ Generic over protectors: whether labels are needed follows from the protector's 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from ..context import Context
@@ -107,8 +106,7 @@ def run(args: argparse.Namespace) -> int:
             raise ArenaError(f"--model {args.model}: no such file")
 
     progress = RichProgress(console=console, transient=True)
-    ctx = Context(device=pick_device(args.device), seed=args.seed, progress=progress,
-                  scratch=Path(tempfile.mkdtemp(prefix="arena-protect-")), cache_dir=cache_root() / "protect")
+    ctx = Context(device=pick_device(args.device), seed=args.seed, progress=progress, cache_dir=cache_root() / "protect")
     try:
         encoder = None
         if protector.supports_encoder and args.model:

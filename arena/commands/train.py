@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
 from ..context import Context
 from ..progress import RichProgress
@@ -46,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     reg.architecture(args.arch)  # fail fast on a bad name
     splits = splits_from_args(args)
     progress = RichProgress(transient=False) if not args.json else None
-    ctx = Context(device=pick_device(args.device), seed=args.seed, scratch=Path(tempfile.mkdtemp(prefix="arena-train-")),
-                  **({"progress": progress} if progress else {}), recipe=recipe)
+    ctx = Context(device=pick_device(args.device), seed=args.seed, **({"progress": progress} if progress else {}), recipe=recipe)
     try:
         prot = run_protect(protector, splits.train, ctx)
         data, raw = exploit_inputs(exploiters, prot.data, splits)
