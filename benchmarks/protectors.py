@@ -183,12 +183,13 @@ def plot(rows: list[dict], path: str) -> None:
     ax.barh([y - 0.2 for y in ys], [acc / c for acc, c in paper], height=0.4, label="paper (ResNet-18, full CIFAR-10)")
     ax.set_yticks(list(ys), [r["protector"] for r in shown])
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, max(1.0, *(r["clean_acc"] / clean for r in shown)) * 1.05)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("victim's clean test accuracy / unprotected victim's (lower protects more)")
     r0 = ok[0]
     ax.set_title(f"{r0['dataset']} {r0['size']} px, {r0['train']} images, {r0['arch']} {r0['epochs']} epochs", fontsize=10)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
