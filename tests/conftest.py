@@ -15,7 +15,8 @@ from arena.progress import Progress
 _own = sorted(ep.name for ep in md.distribution("unlearnable-arena").entry_points if ep.group == "arena")
 os.environ["ARENA_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 os.environ["ARENA_PLUGINS"] = ",".join(_own)
-os.environ.setdefault("ARENA_CACHE", tempfile.mkdtemp(prefix="arena-test-cache-"))
+_cache = tempfile.TemporaryDirectory(prefix="arena-test-cache-")  # removed when the test session exits
+os.environ.setdefault("ARENA_CACHE", _cache.name)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
