@@ -16,14 +16,15 @@ per step. (The crop+flip of the base recipe then runs on the squeezed images, as
 that squeezes first.)
 
 Differences from the reference code (ISS applies torchvision/PIL transforms per PIL image in the
-DataLoader): everything is batched tensor ops. Grayscale uses PIL's exact integer rule for
+DataLoader): everything but the JPEG codec is batched tensor ops. Grayscale uses PIL's exact integer rule for
 ``convert("L")`` (``(19595 R + 38470 G + 7471 B + 2^15) >> 16``) so results match the reference pixel
 for pixel; torchvision's tensor ``rgb_to_grayscale`` truncates instead of rounding and would darken
 every image by up to one grey level. JPEG is PIL's ``save(..., "JPEG", quality=q)`` (libjpeg, default 4:2:0
 chroma subsampling) then ``open``, per image, as in the reference, always on the CPU: nvjpeg output differs
 from libjpeg by a few grey levels and between GPU generations, and 50,000 32 px images take seconds on the
 CPU anyway. (Earlier versions used ``torchvision.io.encode_jpeg``, which torchvision 0.29 deprecates; its
-output was checked bit-identical to PIL's at qualities 10 and 75, so results did not change.)
+output was checked bit-identical to PIL's at qualities 10, 75 and 90 on RGB and grey images, so results
+did not change.)
 Single-channel images: grayscale leaves them unchanged; JPEG and BDR work per channel as usual.
 
 Composability: each composes with any other exploiter. Sensible cells: one ISS squeeze +
