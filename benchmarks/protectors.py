@@ -195,7 +195,15 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def report(paths: list[str], plot_path: str | None) -> list[dict]:
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    rows = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise ArenaError(f"--report {p}: no such file (give the --out files of earlier runs)")
+        for n, line in enumerate(Path(p).read_text().splitlines(), 1):
+            try:
+                rows += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as e:
+                raise ArenaError(f"--report {p}, line {n}: not a JSON row ({e.msg})") from None
     print(table(rows))
     if plot_path:
         plot(rows, plot_path)
