@@ -15,26 +15,34 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
+# Schema 2 added: *_label (an entry's identity in its tournament: the name, or name plus distinguishing
+# params, or the YAML's ``label:``), traceback (of a failed cell), budget_kind/budget_value (the declared
+# threat model), protect_info (the protect stage's own convergence diagnostics, JSON) and weak (it stopped
+# short of its own criterion), code_hash (of the code that produced the cell) and precision (fp32 / bf16).
+# Rows of schema 1 read back with these columns null.
 SCHEMA = pa.schema([
     ("tournament", pa.string()), ("dataset", pa.string()), ("dataset_params", pa.string()),
     ("train_images", pa.int64()),
-    ("protector", pa.string()), ("protector_params", pa.string()),
-    ("exploiter", pa.string()), ("exploiter_params", pa.string()),
-    ("architecture", pa.string()), ("recipe", pa.string()),
+    ("protector", pa.string()), ("protector_params", pa.string()), ("protector_label", pa.string()),
+    ("exploiter", pa.string()), ("exploiter_params", pa.string()), ("exploiter_label", pa.string()),
+    ("architecture", pa.string()), ("recipe", pa.string()), ("architecture_label", pa.string()),
     ("poison_ratio", pa.float64()), ("train_subset", pa.string()), ("seed", pa.int64()),
-    ("status", pa.string()), ("error", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("traceback", pa.string()),
     ("clean_acc", pa.float64()), ("best_acc", pa.float64()), ("best_epoch", pa.int64()),
     ("selected_acc", pa.float64()), ("robust_acc", pa.float64()),
     ("acc_curve", pa.list_(pa.float64())), ("train_acc", pa.float64()), ("epochs", pa.int64()),
     ("noise_linf", pa.float64()), ("noise_l2", pa.float64()), ("patch_area", pa.float64()),
     ("psnr", pa.float64()), ("ssim", pa.float64()), ("lpips", pa.float64()),
+    ("budget_kind", pa.string()), ("budget_value", pa.float64()),
+    ("protect_info", pa.string()), ("weak", pa.bool_()),
     ("purify_psnr", pa.float64()), ("purify_ssim", pa.float64()),
     ("protect_s", pa.float64()), ("purify_s", pa.float64()), ("train_s", pa.float64()),
     ("images_per_s", pa.float64()),
     ("device", pa.string()), ("arena_version", pa.string()), ("torch_version", pa.string()),
     ("git_sha", pa.string()), ("config_hash", pa.string()), ("cell_key", pa.string()),
+    ("code_hash", pa.string()), ("precision", pa.string()),
     ("extra", pa.string()), ("finished_at", pa.timestamp("s", tz="UTC")),
 ], metadata={"arena_schema_version": SCHEMA_VERSION})
 
