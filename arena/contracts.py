@@ -42,9 +42,16 @@ class Protector(_Plugin):
     Contract: ``protect(train, ctx)`` returns an :class:`ImageSet` (or a uint8 tensor) with the same
     shape and labels; the arena checks it against ``budget(train)`` after uint8 quantization. The
     protector sees only the train split it protects: never the test split or the raw pool.
+
+    Diagnostics: ``protect`` may leave a JSON-able dict in ``self.last_info`` (the arena resets it before
+    each call). Every row built on the stage keeps it as ``protect_info``. Say whether the method reached
+    its own stopping criterion with ``converged`` (bool) and name it in ``criterion``; ``converged: False``
+    marks those rows ``weak`` on the board. Methods without a criterion (a fixed step budget) leave
+    ``converged`` out and report their final losses instead.
     """
 
     kind: ClassVar[str] = "protector"
+    last_info: dict[str, Any]
 
     def budget(self, train: ImageSet) -> Budget:
         raise NotImplementedError

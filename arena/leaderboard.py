@@ -19,8 +19,8 @@ SCHEMA_VERSION = "2"
 
 # Schema 2 added: *_label (an entry's identity in its tournament: the name, or name plus distinguishing
 # params, or the YAML's ``label:``), traceback (of a failed cell), budget_kind/budget_value (the declared
-# threat model), protect_info (the protect stage's own convergence diagnostics, JSON) and weak (it stopped
-# short of its own criterion), code_hash (of the code that produced the cell) and precision (fp32 / bf16).
+# threat model), protect_info (the protect stage's own convergence diagnostics, JSON), weak (it stopped
+# short of its own criterion) and noise_separability (arena/diagnostics.py), code_hash (of the code that produced the cell) and precision (fp32 / bf16).
 # Rows of schema 1 read back with these columns null.
 SCHEMA = pa.schema([
     ("tournament", pa.string()), ("dataset", pa.string()), ("dataset_params", pa.string()),
@@ -36,7 +36,7 @@ SCHEMA = pa.schema([
     ("noise_linf", pa.float64()), ("noise_l2", pa.float64()), ("patch_area", pa.float64()),
     ("psnr", pa.float64()), ("ssim", pa.float64()), ("lpips", pa.float64()),
     ("budget_kind", pa.string()), ("budget_value", pa.float64()),
-    ("protect_info", pa.string()), ("weak", pa.bool_()),
+    ("protect_info", pa.string()), ("weak", pa.bool_()), ("noise_separability", pa.float64()),
     ("purify_psnr", pa.float64()), ("purify_ssim", pa.float64()),
     ("protect_s", pa.float64()), ("purify_s", pa.float64()), ("train_s", pa.float64()),
     ("images_per_s", pa.float64()),

@@ -17,6 +17,7 @@ from .budget import check_budget
 from .context import Context
 from .contracts import Exploiter, Protector
 from .data import ImageSet, Splits
+from .diagnostics import noise_separability, protector_info
 from .metrics import image_quality
 from .models import build_model
 from .params import ArenaError
@@ -32,6 +33,7 @@ class StageOutput:
     data: ImageSet
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)  # the plugin's own diagnostics (``last_info``)
 
 
 def _as_imageset(out: Any, like: ImageSet, origin: str, who: str) -> ImageSet:
@@ -59,14 +61,17 @@ def run_protect(protector: Protector, train: ImageSet, ctx: Context) -> StageOut
     if train.origin != "train":
         raise ContractError(f"protector '{protector.name}' may only receive the train split, not '{train.origin}'")
     who = f"protector '{protector.name}'"
+    protector.last_info = {}
     t0 = time.perf_counter()
     out = protector.protect(_copy(train), ctx)
     seconds = time.perf_counter() - t0
     protected = _as_imageset(out, train, f"protected:{protector.name}", who)
+    info = protector_info(getattr(protector, "last_info", None), who)
     sizes = check_budget(protector.budget(train), train.images, protected.images, who)
     metrics = {"noise_linf": sizes["linf"], "noise_l2": sizes["l2"], "patch_area": sizes["patch_area"],
-               **image_quality(train.images, protected.images)}
-    return StageOutput(protected, metrics, seconds)
+               **image_quality(train.images, protected.images),
+               "noise_separability": noise_separability(train.images, protected.images, train.labels)}
+    return StageOutput(protected, metrics, seconds, info)
 
 
 def exploit_inputs(exploiters: list[Exploiter], protected: ImageSet, splits: Splits) -> tuple[ImageSet, ImageSet | None]:

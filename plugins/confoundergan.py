@@ -271,7 +271,8 @@ class ConfounderGAN(Protector):
             p.requires_grad_(False)
         return f
 
-    def _train_generator(self, train: ImageSet, f: nn.Module, ctx: Context, eps: float) -> Generator:
+    def _train_generator(self, train: ImageSet, f: nn.Module, ctx: Context, eps: float
+                         ) -> tuple[Generator, dict[str, float]]:
         c_in, h, w = train.shape
         dev = ctx.device
         with torch.random.fork_rng(devices=[]):
@@ -326,7 +327,8 @@ class ConfounderGAN(Protector):
                 task.advance(1, **{k: v / steps for k, v in tot.items()})
         finally:
             task.close()
-        return g.eval()
+        last = {f"final_{k}": v / steps for k, v in tot.items()}  # the last epoch's means
+        return g.eval(), last
 
     def fit(self, train: ImageSet, ctx: Context) -> ConfounderEncoder:
         eps = self.eps_for(train)
@@ -336,20 +338,42 @@ class ConfounderGAN(Protector):
         if path.exists():
             return ConfounderEncoder.load(path, ctx.device)
         f = self._classifier(train, ctx)
-        g = self._train_generator(train, f, ctx, eps)
+        g, last = self._train_generator(train, f, ctx, eps)
         c_in, h, w = train.shape
         config = {"eps": eps, "in_channels": c_in, "widths": list(self._widths), "blocks": self.p["blocks"],
                   "image_size": max(h, w), "image_shape": [c_in, h, w], "classes": list(train.classes),
                   "params": self.p, "version": self.version}
         enc = ConfounderEncoder(g, config, ctx.device)
+        enc.config["fit_info"] = {**last, **self._f_accuracies(f, train, enc, ctx)}
         enc.save(path)
         return enc
+
+    @torch.no_grad()
+    def _f_accuracies(self, f: nn.Module, train: ImageSet, enc: ConfounderEncoder, ctx: Context) -> dict[str, float]:
+        """The frozen classifier's accuracy on clean train images, on x + G(x), and on G(x) alone. There is no
+        stopping criterion in the paper (a fixed epoch count), so these say how far the game got: the noise
+        is a shortcut only if f reads the class off G(x) alone."""
+        eps = self.eps_for(train)
+        unit = self.p["f_input"] == "unit" and eps > 0
+        correct = {"f_acc_clean": 0, "f_acc_protected": 0, "f_acc_noise_alone": 0}
+        n = len(train)
+        for i in range(0, n, 512):
+            x_u8 = train.images[i:i + 512]
+            y = train.labels[i:i + 512].to(ctx.device)
+            x = x_u8.to(ctx.device).float().div_(255.0)
+            noise = enc.g(x)
+            prot = enc.encode(x_u8).to(ctx.device).float().div_(255.0)
+            for k, inp in (("f_acc_clean", x), ("f_acc_protected", prot),
+                           ("f_acc_noise_alone", noise / eps if unit else noise)):
+                correct[k] += int((f(inp).argmax(1) == y).sum())
+        return {k: v / max(1, n) for k, v in correct.items()}
 
     def load_encoder(self, path: Path, ctx: Context) -> ConfounderEncoder:
         return ConfounderEncoder.load(path, ctx.device)
 
     def protect(self, train: ImageSet, ctx: Context) -> ImageSet:
         enc = self.fit(train, ctx)
+        self.last_info = dict(enc.config.get("fit_info") or {})
         return train.with_images(enc.encode(train.images), origin=f"protected:{self.name}")
 
 

@@ -175,7 +175,9 @@ def alternate(name: str, p: dict[str, Any], model: torch.nn.Module, opt: torch.o
     hit_max = err >= p["stop_error"]
     if hit_max:
         warn_max_rounds(name, rounds, err, p["stop_error"])
-    return {"rounds": rounds, "surrogate_train_acc": 1.0 - err, "hit_max_rounds": hit_max}
+    return {"rounds": rounds, "surrogate_train_acc": 1.0 - err, "surrogate_error": err,
+            "hit_max_rounds": hit_max, "converged": not hit_max,
+            "criterion": f"surrogate error on x+delta < {p['stop_error']:g} within {p['max_rounds']} rounds"}
 
 
 @torch.no_grad()

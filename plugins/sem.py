@@ -139,6 +139,12 @@ def defensive_noise(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, p:
     return delta.detach()
 
 
+def _accuracy(model: torch.nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, bs: int) -> float:
+    correct = sum(int((model(_to_float(images_u8[i:i + bs])).argmax(1) == labels[i:i + bs]).sum())
+                  for i in range(0, images_u8.shape[0], bs))
+    return correct / max(1, images_u8.shape[0])
+
+
 def _to_float(u8: torch.Tensor) -> torch.Tensor:
     return u8.float().div_(255.0)
 
@@ -175,6 +181,8 @@ class SEM(Protector):
         perm = torch.randperm(n, generator=gen, device=dev)
         cursor = 0
         robust_acc = float("nan")  # surrogate accuracy on its adversarial batches, last step
+        tail = max(1, p["train_steps"] // 10)  # final loss/accuracy: mean over the last tenth of the steps
+        tail_loss = tail_acc = 0.0
         task = ctx.progress.task(f"{self.name}: robust surrogate", total=p["train_steps"])
         try:
             for step in range(p["train_steps"]):
@@ -197,6 +205,9 @@ class SEM(Protector):
                 loss.backward()
                 opt.step()
                 robust_acc = float((out.argmax(1) == y).float().mean())
+                if step >= p["train_steps"] - tail:
+                    tail_loss += float(loss.detach()) / tail
+                    tail_acc += robust_acc / tail
                 task.advance(1, loss=float(loss.detach()), acc=robust_acc)
         finally:
             task.close()
@@ -211,7 +222,16 @@ class SEM(Protector):
                 task.advance(1)
         finally:
             task.close()
-        info = {"train_steps": p["train_steps"], "surrogate_robust_batch_acc": robust_acc}
+        # No stopping criterion in the papers (a fixed step budget), so no ``converged``: the final robust
+        # loss and accuracy of the surrogate on its own (noised, augmented, attacked) batches say how far
+        # it got, and the clean-vs-protected accuracy of the final surrogate how much the noise helps it.
+        model.eval()
+        with torch.no_grad():
+            acc_clean = _accuracy(model, X, Y, bs)
+            acc_prot = _accuracy(model, out_u8.to(dev), Y, bs)
+        info = {"train_steps": p["train_steps"], "surrogate_robust_batch_acc": robust_acc,
+                "final_robust_loss": tail_loss, "final_robust_acc": tail_acc,
+                "surrogate_acc_clean": acc_clean, "surrogate_acc_protected": acc_prot}
         return out_u8, info, model
 
 

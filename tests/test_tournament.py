@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,7 +71,7 @@ def test_grid_runs_each_stage_once_records_failures_and_reruns_free(tmp_path: Pa
     assert by[("none", "none")]["purify_psnr"] is None
     # the directory reads as one pyarrow dataset with the versioned schema
     ds = pds.dataset(str(tmp_path / "out"), format="parquet")
-    assert ds.count_rows() == 8 and ds.schema.metadata[b"arena_schema_version"] == b"1"
+    assert ds.count_rows() == 8 and ds.schema.metadata[b"arena_schema_version"] == b"2"
     again = run_tournament(cfg, live=False)
     assert again.ran == 0 and again.skipped == 8 and not any(again.stages.values())
     mats = matrices(rows)
@@ -199,3 +200,21 @@ def test_leaderboard_reads_a_tree_of_tournaments_and_skips_caches(tmp_path: Path
     (tmp_path / "b" / ".tmp-1-cell-k4.parquet").write_bytes(b"half a file")
     rows = read_rows(tmp_path)
     assert sorted(r["tournament"] for r in rows) == ["a", "b"]
+
+
+def test_rows_keep_protect_diagnostics_and_mark_a_stage_cut_short_weak(tmp_path: Path, ray_local) -> None:
+    """EMN stopped by max_rounds before its error criterion: every row built on it says weak, with the info."""
+    emn = {"surrogate": "cnn-small", "batch_size": 64, "pgd_steps": 1, "model_steps": 1}
+    cfg = load_config(_write(tmp_path, {
+        **BASE, "output": str(tmp_path / "out"), "exploiters": ["none"],
+        "protectors": ["none", {"name": "emn-samplewise", "params": {**emn, "max_rounds": 1, "stop_error": 0.0}},
+                       {"name": "classwise-noise", "params": {"eps": 0.0314}}]}))
+    run_tournament(cfg, live=False)
+    by = {r["protector"]: r for r in read_rows(tmp_path / "out")}
+    emn_row = by["emn-samplewise"]
+    info = json.loads(emn_row["protect_info"])
+    assert emn_row["status"] == "ok" and emn_row["weak"] is True
+    assert info["converged"] is False and info["hit_max_rounds"] is True and info["rounds"] == 1
+    assert by["none"]["weak"] is False and by["classwise-noise"]["weak"] is False
+    # the arena's own measure of the shortcut: class-wise noise predicts held-out labels perfectly
+    assert by["classwise-noise"]["noise_separability"] == 1.0 and by["none"]["noise_separability"] is None

@@ -24,6 +24,7 @@ import torch
 
 from .. import __version__
 from ..commands.common import load_splits
+from ..diagnostics import is_weak
 from ..leaderboard import finished_keys, write_row
 from ..registry import get_registry
 from .config import ConfigError, TournamentConfig
@@ -206,7 +207,11 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             "exploiter": cell.exploiter.label, "exploiter_params": cell.exploiter.params_json(),
             "architecture": cell.arch.name, "recipe": json.dumps(cell.arch.recipe.to_dict(), sort_keys=True),
             "poison_ratio": cell.poison_ratio, "train_subset": cell.subset, "seed": cell.seed, "cell_key": cell.key,
-            **{k: pm.get("metrics", {}).get(k) for k in ("noise_linf", "noise_l2", "patch_area", "psnr", "ssim", "lpips")},
+            **{k: pm.get("metrics", {}).get(k) for k in ("noise_linf", "noise_l2", "patch_area", "psnr", "ssim", "lpips",
+                                                         "noise_separability")},
+            "protect_info": json.dumps(pm["info"], sort_keys=True) if pm.get("info") else None,
+            "weak": is_weak(pm.get("info")),
+            "traceback": result.get("traceback") or pm.get("traceback") or um.get("traceback"),
             "purify_psnr": um.get("metrics", {}).get("purify_psnr"),
             "purify_ssim": um.get("metrics", {}).get("purify_ssim"),
             "protect_s": pm.get("seconds"), "purify_s": um.get("seconds"),

@@ -83,7 +83,8 @@ class StageRunner:
         try:
             protector = self.reg.protector(job.protector.name, job.protector.params)
             out = run_protect(protector, self.splits(job.data_key).train, self._ctx(job.seed, job.protector.name))
-            meta = {"status": "ok", "error": None, "metrics": out.metrics, "seconds": out.seconds}
+            meta = {"status": "ok", "error": None, "metrics": out.metrics, "seconds": out.seconds,
+                    "info": out.info}
             self.cache.save("protect", job.key, out.data, meta)
         except Exception as e:  # a plugin failure fails its cells, never the tournament
             meta = {"status": _status(e), "error": f"protect: {_error_text(e)}", "metrics": {}, "seconds": 0.0,
