@@ -72,6 +72,9 @@ def test_grid_runs_each_stage_once_records_failures_and_reruns_free(tmp_path: Pa
     # the directory reads as one pyarrow dataset with the versioned schema
     ds = pds.dataset(str(tmp_path / "out"), format="parquet")
     assert ds.count_rows() == 8 and ds.schema.metadata[b"arena_schema_version"] == b"2"
+    assert {r["protector_label"] for r in rows} == {"none", "classwise-patch", "test-boom", "test-over-budget"}
+    assert {r["exploiter_label"] for r in rows} == {"none", "test-invert"}
+    assert {r["architecture_label"] for r in rows} == {"cnn-small"}
     again = run_tournament(cfg, live=False)
     assert again.ran == 0 and again.skipped == 8 and not any(again.stages.values())
     mats = matrices(rows)
@@ -79,6 +82,8 @@ def test_grid_runs_each_stage_once_records_failures_and_reruns_free(tmp_path: Pa
     ranks = rankings(rows)
     assert [p["protector"] for p in ranks["protectors"]] and "test-over-budget" not in [
         p["protector"] for p in ranks["protectors"]], "invalid cells are never ranked"
+    assert {d["protector"] for d in ranks["unranked"]} == {"test-boom", "test-over-budget"}
+    assert all(d["complete"] for d in ranks["protectors"]), "the protectors that ran have every cell"
     png = plot_heatmaps(mats, tmp_path / "board.png")
     assert png.stat().st_size > 5000
 

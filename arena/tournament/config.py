@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..data import resolve_root
+from ..labels import distinguishing_labels
 from ..params import ArenaError
 from ..registry import Registry, get_registry
 from ..trainer import RECIPE_PARAMS, Recipe
@@ -48,8 +49,16 @@ RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "retries"
 
 @dataclass(frozen=True)
 class PluginSpec:
+    """``entry_label`` is the entry's identity on the board (see :mod:`arena.labels`); it takes no part in
+    equality or cache keys, so naming an entry never recomputes it."""
+
     name: str
     params: dict[str, Any]
+    entry_label: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.entry_label:
+            object.__setattr__(self, "entry_label", self.name)
 
     def as_json(self) -> str:
         return json.dumps(self.params, sort_keys=True, default=str)
@@ -60,10 +69,21 @@ class ExploiterSpec:
     """One exploiter column: a single exploiter or a composition applied together."""
 
     parts: tuple[PluginSpec, ...]
+    entry_label: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.entry_label:
+            object.__setattr__(self, "entry_label", self.label)
 
     @property
     def label(self) -> str:
         return "+".join(p.name for p in self.parts) if self.parts else CONTROL_LABEL
+
+    def label_params(self) -> Any:
+        """The params that tell two entries of this composition apart (by part name when composed)."""
+        if len(self.parts) == 1:
+            return self.parts[0].params
+        return {p.name: p.params for p in self.parts}
 
     def params_json(self) -> str:
         if len(self.parts) == 1:
@@ -91,8 +111,13 @@ class DatasetSpec:
 class ArchSpec:
     name: str
     recipe: Recipe
-    only_protectors: tuple[str, ...] | None = None
+    only_protectors: tuple[str, ...] | None = None  # entry labels
     only_exploiters: tuple[str, ...] | None = None
+    entry_label: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.entry_label:
+            object.__setattr__(self, "entry_label", self.name)
 
 
 @dataclass
@@ -155,7 +180,7 @@ def _plugin_spec(v: _V, item: Any, key: str, kind: str, reg: Registry) -> Plugin
     if isinstance(item, str):
         name, params = item, {}
     elif isinstance(item, dict):
-        v.keys(item, ("name", "params"), key)
+        v.keys(item, ("name", "params", "label"), key)
         name, params = item.get("name"), v.mapping(item.get("params"), f"{key}.params")
     else:
         raise v.err(key, item, f"a {kind[:-1]} name or {{name, params}}")
@@ -172,7 +197,7 @@ def _plugin_spec(v: _V, item: Any, key: str, kind: str, reg: Registry) -> Plugin
 
 def _exploiter_spec(v: _V, item: Any, key: str, reg: Registry) -> ExploiterSpec:
     if isinstance(item, dict) and "combine" in item:
-        v.keys(item, ("combine",), key)
+        v.keys(item, ("combine", "label"), key)
         parts = tuple(_plugin_spec(v, p, f"{key}.combine[{i}]", "exploiters", reg)
                       for i, p in enumerate(v.seq(item["combine"], f"{key}.combine")))
         names = [p.name for p in parts]
@@ -206,6 +231,30 @@ def _num(v: _V, x: Any, key: str, typ: type, low: float | None = None, high: flo
         hi = "" if high is None else f"<= {high}"
         raise v.err(key, x, f"{typ.__name__} {' and '.join(s for s in (lo, hi) if s)}".strip())
     return typ(x)
+
+
+def _labels(v: _V, kind: str, items: list, names: list[str], params: list[Any]) -> list[str]:
+    """Each entry's label: its own ``label:`` or one from :func:`distinguishing_labels`; one label names
+    one entry (an architecture's identity is its name and recipe, so two equal ones share a label)."""
+    auto = distinguishing_labels(names, params)
+    identity = [n + json.dumps(p, sort_keys=True, default=str) for n, p in zip(names, params)]
+    labels = []
+    for i, item in enumerate(items):
+        lab = item.get("label") if isinstance(item, dict) else None
+        if isinstance(item, dict) and "label" in item and (not isinstance(lab, str) or not lab.strip()):
+            raise v.err(f"{kind}[{i}].label", lab, "a non-empty string")
+        labels.append(lab.strip() if lab else auto[i])
+    owner: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for i, lab in enumerate(labels):
+        j = owner.setdefault(lab, i)
+        if identity[j] != identity[i]:
+            raise v.err(f"{kind}[{i}].label" if isinstance(items[i], dict) and "label" in items[i] else f"{kind}[{i}]",
+                        lab, f"a label no other entry of {kind} has ({kind}[{j}] is labelled {lab!r} too)")
+        k = seen.setdefault(identity[i], i)
+        if labels[k] != lab:
+            raise v.err(f"{kind}[{i}].label", lab, f"the label of the equal entry {kind}[{k}] ({labels[k]!r})")
+    return labels
 
 
 def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str | None = None) -> TournamentConfig:
@@ -263,40 +312,54 @@ def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str 
             _num(v, d.get("raw_fraction", 0.1), f"{key}.raw_fraction", float, 0.0, 0.95),
         ))
 
-    protectors = [_plugin_spec(v, p, f"protectors[{i}]", "protectors", reg)
-                  for i, p in enumerate(v.seq(raw.get("protectors"), "protectors"))]
-    exploiters = [_exploiter_spec(v, e, f"exploiters[{i}]", reg)
-                  for i, e in enumerate(v.seq(raw.get("exploiters", ["none"]), "exploiters"))]
+    raw_p = v.seq(raw.get("protectors"), "protectors")
+    raw_e = v.seq(raw.get("exploiters", ["none"]), "exploiters")
+    protectors = [_plugin_spec(v, p, f"protectors[{i}]", "protectors", reg) for i, p in enumerate(raw_p)]
+    exploiters = [_exploiter_spec(v, e, f"exploiters[{i}]", reg) for i, e in enumerate(raw_e)]
     for kind, items in (("protectors", [p.name + p.as_json() for p in protectors]),
                         ("exploiters", [e.label + e.params_json() for e in exploiters])):
         if len(set(items)) != len(items):
             dup = next(x for x in items if items.count(x) > 1)
             raise v.err(kind, dup, "each entry at most once")
+    plabels = _labels(v, "protectors", raw_p, [p.name for p in protectors], [p.params for p in protectors])
+    protectors = [replace(p, entry_label=lab) for p, lab in zip(protectors, plabels)]
+    elabels = _labels(v, "exploiters", raw_e, [e.label for e in exploiters], [e.label_params() for e in exploiters])
+    exploiters = [replace(e, entry_label=lab) for e, lab in zip(exploiters, elabels)]
 
     base_recipe = v.mapping(raw.get("recipe"), "recipe")
     recipe = _recipe(v, base_recipe, "recipe")
     archs = []
-    for i, a in enumerate(v.seq(raw.get("architectures", ["resnet18"]), "architectures")):
+    raw_a = v.seq(raw.get("architectures", ["resnet18"]), "architectures")
+    for i, a in enumerate(raw_a):
         key = f"architectures[{i}]"
         if isinstance(a, str):
             a = {"name": a}
         a = v.mapping(a, key)
-        v.keys(a, ("name", "recipe", "protectors", "exploiters"), key)
+        v.keys(a, ("name", "recipe", "protectors", "exploiters", "label"), key)
         an = a.get("name")
         if an not in reg.tables["architectures"]:
             raise v.err(f"{key}.name", an, f"a registered architecture; valid choices: {', '.join(reg.names('architectures'))}")
         only_p = a.get("protectors")
         only_e = a.get("exploiters")
-        labels_p = {p.name for p in protectors}
-        labels_e = {e.label for e in exploiters}
-        for sel, labels, k in ((only_p, labels_p, "protectors"), (only_e, labels_e, "exploiters")):
+        # A filter names entries by label; a bare name selects every entry of that name.
+        names_p = [(p.entry_label, p.name) for p in protectors]
+        names_e = [(e.entry_label, e.label) for e in exploiters]
+        chosen: dict[str, tuple[str, ...] | None] = {"protectors": None, "exploiters": None}
+        for sel, entries, k in ((only_p, names_p, "protectors"), (only_e, names_e, "exploiters")):
             if sel is None:
                 continue
+            picked: list[str] = []
             for j, s in enumerate(v.seq(sel, f"{key}.{k}")):
-                if s not in labels:
-                    raise v.err(f"{key}.{k}[{j}]", s, f"one of this tournament's {k}: {', '.join(sorted(labels))}")
+                hits = [lab for lab, n in entries if s == lab] or [lab for lab, n in entries if s == n]
+                if not hits:
+                    labels = sorted({lab for lab, _ in entries} | {n for _, n in entries})
+                    raise v.err(f"{key}.{k}[{j}]", s, f"one of this tournament's {k}: {', '.join(labels)}")
+                picked += [h for h in hits if h not in picked]
+            chosen[k] = tuple(picked)
         archs.append(ArchSpec(an, _recipe(v, a.get("recipe"), f"{key}.recipe", base_recipe),
-                              tuple(only_p) if only_p else None, tuple(only_e) if only_e else None))
+                              chosen["protectors"], chosen["exploiters"]))
+    alabels = _labels(v, "architectures", raw_a, [a.name for a in archs], [a.recipe.to_dict() for a in archs])
+    archs = [replace(a, entry_label=lab) for a, lab in zip(archs, alabels)]
 
     ratios = [_num(v, r, f"poison_ratios[{i}]", float, 0.0, 1.0, low_open=True)
               for i, r in enumerate(v.seq(raw.get("poison_ratios", [1.0]), "poison_ratios"))]

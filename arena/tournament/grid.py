@@ -64,8 +64,9 @@ class Cell:
     def label(self) -> str:
         extra = f" r={self.poison_ratio:g}" if self.poison_ratio < 1 else ""
         if self.subset == CLEAN_ONLY:
-            return f"{CONTROL_LABEL} / {self.arch.name} s{self.seed}{extra}"
-        return f"{self.protector.name} x {self.exploiter.label} / {self.arch.name} s{self.seed}{extra}"
+            return f"{CONTROL_LABEL} / {self.arch.entry_label} s{self.seed}{extra}"
+        return (f"{self.protector.entry_label} x {self.exploiter.entry_label} / {self.arch.entry_label} "
+                f"s{self.seed}{extra}")
 
 
 @dataclass
@@ -116,9 +117,9 @@ def expand(cfg: TournamentConfig, data_keys: dict[int, str], reg: Registry) -> G
                             uk = content_key("purify", pk, ratio, "identity", seed, __version__)
                             g.purifies.setdefault(uk, PurifyJob(uk, pk, dk, IDENTITY, ratio, "all", seed))
                         for arch in cfg.architectures:
-                            if arch.only_protectors and prot.name not in arch.only_protectors:
+                            if arch.only_protectors and prot.entry_label not in arch.only_protectors:
                                 continue
-                            if arch.only_exploiters and ex.label not in arch.only_exploiters:
+                            if arch.only_exploiters and ex.entry_label not in arch.only_exploiters:
                                 continue
                             # the exploiter is part of the key: training-level ones share their purify job
                             ck = content_key("train", uk, ex.label, ex.params_json(), ex_versions, arch.name,

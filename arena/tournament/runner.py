@@ -79,6 +79,20 @@ def prepare_data(cfg: TournamentConfig, cache: StageCache) -> dict[int, str]:
     return keys
 
 
+def cell_columns(cell: Cell) -> dict[str, Any]:
+    """A cell's identity columns in its row; the board also uses them for cells a grid has and DIR lacks."""
+    return {
+        "dataset": cell.dataset.name, "dataset_params": json.dumps(cell.dataset.params, sort_keys=True),
+        "protector": cell.protector.name, "protector_params": cell.protector.as_json(),
+        "protector_label": cell.protector.entry_label,
+        "exploiter": cell.exploiter.label, "exploiter_params": cell.exploiter.params_json(),
+        "exploiter_label": cell.exploiter.entry_label,
+        "architecture": cell.arch.name, "recipe": json.dumps(cell.arch.recipe.to_dict(), sort_keys=True),
+        "architecture_label": cell.arch.entry_label,
+        "poison_ratio": cell.poison_ratio, "train_subset": cell.subset, "seed": cell.seed, "cell_key": cell.key,
+    }
+
+
 def _init_ray(address: str | None, cfg: TournamentConfig) -> None:
     import ray
 
@@ -202,11 +216,7 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
         if result.get("selected_epoch"):
             extra["selected_epoch"] = result["selected_epoch"]
         row = {
-            **base, "dataset": cell.dataset.name, "dataset_params": json.dumps(cell.dataset.params, sort_keys=True),
-            "protector": cell.protector.name, "protector_params": cell.protector.as_json(),
-            "exploiter": cell.exploiter.label, "exploiter_params": cell.exploiter.params_json(),
-            "architecture": cell.arch.name, "recipe": json.dumps(cell.arch.recipe.to_dict(), sort_keys=True),
-            "poison_ratio": cell.poison_ratio, "train_subset": cell.subset, "seed": cell.seed, "cell_key": cell.key,
+            **base, **cell_columns(cell),
             **{k: pm.get("metrics", {}).get(k) for k in ("noise_linf", "noise_l2", "patch_area", "psnr", "ssim", "lpips",
                                                          "noise_separability")},
             "protect_info": json.dumps(pm["info"], sort_keys=True) if pm.get("info") else None,
