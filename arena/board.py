@@ -216,12 +216,13 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
         for r in rs:
             cells[(r["protector_label"], r["exploiter_label"], r["architecture_label"])].append(r)
         stats = {k: cell_stats(v, metric) for k, v in cells.items()}
-        # What the grid has: per architecture, every exploiter and seed any protector has there.
+        # What the grid has: per architecture, every exploiter any protector has there, and per exploiter
+        # there every seed (an exploiter entry may run on fewer seeds than the tournament: ``seeds:``).
         arch_e: dict[str, set[str]] = defaultdict(set)
-        arch_s: dict[str, set[Any]] = defaultdict(set)
+        arch_s: dict[tuple[str, str], set[Any]] = defaultdict(set)
         for r in rs:
             arch_e[r["architecture_label"]].add(r["exploiter_label"])
-            arch_s[r["architecture_label"]].add(r["seed"])
+            arch_s[(r["architecture_label"], r["exploiter_label"])].add(r["seed"])
         per_prot: dict[str, list[dict]] = defaultdict(list)
         for r in rs:
             per_prot[r["protector_label"]].append(r)
@@ -233,7 +234,7 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
             missing = []
             for a in sorted({r["architecture_label"] for r in prs}):
                 for e in _none_first(sorted(arch_e[a])):
-                    for s in sorted(arch_s[a], key=str):
+                    for s in sorted(arch_s[(a, e)], key=str):
                         got = have.get((e, a, s), [])
                         if not any(r["status"] == "ok" for r in got):
                             missing.append(_describe_missing(e, a, s, got))

@@ -253,3 +253,27 @@ def test_committed_leaderboards_still_render(capsys: pytest.CaptureFixture) -> N
     root = Path(__file__).resolve().parents[1] / "leaderboard"
     assert main(["leaderboard", str(root / "quick")]) == 0
     assert "worst case" in capsys.readouterr().out
+
+
+def test_an_exploiter_entry_may_run_on_fewer_seeds_and_its_protectors_stay_complete(tmp_path: Path) -> None:
+    from arena.registry import get_registry
+    from arena.tournament.grid import expand
+
+    raw = yaml.safe_load("""
+name: x
+datasets: [{name: digits, params: {size: 16}}]
+protectors: [none, classwise-noise]
+exploiters: [none, {name: iss-grayscale, seeds: [0]}]
+architectures: [cnn-small]
+seeds: [0, 1, 2]
+""")
+    cfg = parse_config(raw, Path("x.yaml"))
+    grid = expand(cfg, {0: "data"}, get_registry())
+    assert sorted((c.exploiter.label, c.seed) for c in grid.cells.values() if c.protector.name == "none") == [
+        ("iss-grayscale", 0), ("none", 0), ("none", 1), ("none", 2)]
+    rows = [row(p, "none", seed=s, acc=0.5 + 0.01 * s) for p in ("none", "classwise-noise") for s in (0, 1, 2)]
+    rows += [row(p, "iss-grayscale", seed=0) for p in ("none", "classwise-noise")]
+    ranks = rankings(read_rows(board(tmp_path, rows)))
+    assert all(d["complete"] for d in ranks["protectors"]), "one-seed exploiters expect one seed, not three"
+    with pytest.raises(ConfigError, match=r"exploiters\[1\].seeds\[0\] = 5: expected one of the tournament's seeds"):
+        parse_config({**raw, "exploiters": ["none", {"name": "iss-grayscale", "seeds": [5]}]}, Path("x.yaml"))

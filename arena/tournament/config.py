@@ -70,6 +70,9 @@ class ExploiterSpec:
 
     parts: tuple[PluginSpec, ...]
     entry_label: str = field(default="", compare=False)
+    # The seeds this entry runs on, a subset of the tournament's (None: all). A cheap grid can give its
+    # headline exploiters every seed and the rest one, so each claim it makes still has an interval.
+    seeds: tuple[int, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.entry_label:
@@ -180,7 +183,7 @@ def _plugin_spec(v: _V, item: Any, key: str, kind: str, reg: Registry) -> Plugin
     if isinstance(item, str):
         name, params = item, {}
     elif isinstance(item, dict):
-        v.keys(item, ("name", "params", "label"), key)
+        v.keys(item, ("name", "params", "label", "seeds") if kind == "exploiters" else ("name", "params", "label"), key)
         name, params = item.get("name"), v.mapping(item.get("params"), f"{key}.params")
     else:
         raise v.err(key, item, f"a {kind[:-1]} name or {{name, params}}")
@@ -197,7 +200,7 @@ def _plugin_spec(v: _V, item: Any, key: str, kind: str, reg: Registry) -> Plugin
 
 def _exploiter_spec(v: _V, item: Any, key: str, reg: Registry) -> ExploiterSpec:
     if isinstance(item, dict) and "combine" in item:
-        v.keys(item, ("combine", "label"), key)
+        v.keys(item, ("combine", "label", "seeds"), key)
         parts = tuple(_plugin_spec(v, p, f"{key}.combine[{i}]", "exploiters", reg)
                       for i, p in enumerate(v.seq(item["combine"], f"{key}.combine")))
         names = [p.name for p in parts]
@@ -364,6 +367,14 @@ def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str 
     ratios = [_num(v, r, f"poison_ratios[{i}]", float, 0.0, 1.0, low_open=True)
               for i, r in enumerate(v.seq(raw.get("poison_ratios", [1.0]), "poison_ratios"))]
     seeds = [_num(v, s, f"seeds[{i}]", int, 0) for i, s in enumerate(v.seq(raw.get("seeds", [0]), "seeds"))]
+    for i, item in enumerate(raw_e):
+        if isinstance(item, dict) and "seeds" in item:
+            own = [_num(v, s, f"exploiters[{i}].seeds[{j}]", int, 0)
+                   for j, s in enumerate(v.seq(item["seeds"], f"exploiters[{i}].seeds"))]
+            for j, s in enumerate(own):
+                if s not in seeds:
+                    raise v.err(f"exploiters[{i}].seeds[{j}]", s, f"one of the tournament's seeds: {seeds}")
+            exploiters[i] = replace(exploiters[i], seeds=tuple(dict.fromkeys(own)))
     res = v.mapping(raw.get("resources"), "resources")
     v.keys(res, RESOURCE_KEYS, "resources")
     cpus = _num(v, res.get("cpus_per_trial", 1), "resources.cpus_per_trial", float, 0.0, low_open=True)

@@ -108,6 +108,8 @@ def expand(cfg: TournamentConfig, data_keys: dict[int, str], reg: Registry) -> G
                 g.protects.setdefault(pk, ProtectJob(pk, dk, prot, seed))
                 for ratio in cfg.poison_ratios:
                     for ex in cfg.exploiters:
+                        if ex.seeds is not None and seed not in ex.seeds:
+                            continue
                         ex_versions = [_plugin_version(reg, "exploiters", p.name) for p in ex.parts]
                         if any(_purifies(reg, p.name) for p in ex.parts):
                             uk = content_key("purify", pk, ratio, ex.label, ex.params_json(), ex_versions, seed,
