@@ -24,7 +24,8 @@ import torch
 
 from .. import __version__
 from ..commands.common import load_splits
-from ..leaderboard import finished_keys, write_row
+from ..integrity import IntegrityError
+from ..leaderboard import finished_keys, move_aside_bad_rows, write_row
 from ..registry import get_registry
 from .config import ConfigError, TournamentConfig
 from .grid import Cell, Grid, ProtectJob, PurifyJob, content_key, expand
@@ -61,19 +62,17 @@ def _git_sha() -> str | None:
         return None
 
 
-def prepare_data(cfg: TournamentConfig, cache: StageCache) -> dict[int, str]:
-    """Load every data set once on the driver, store its splits under a content key for the workers."""
+def prepare_data(cfg: TournamentConfig, cache: StageCache, store: bool = True) -> dict[int, str]:
+    """Load every data set once on the driver, store its splits under a content key for the workers
+    (``store=False``: only compute the keys, writing nothing, for ``--dry-run``)."""
     keys = {}
     for i, ds in enumerate(cfg.datasets):
         splits = load_splits(ds.name, ds.params, ds.root, ds.download, ds.train, ds.test, ds.raw_fraction,
                              cfg.split_seed)
         dk = content_key("data", ds.name, splits.train.fingerprint(), splits.raw.fingerprint(),
                          splits.test.fingerprint())
-        d = cache.data_dir(dk)
-        if not (d / "done").exists():
-            for name in ("train", "raw", "test"):
-                getattr(splits, name).save(d / f"{name}.npz")
-            (d / "done").write_text("ok")
+        if store:
+            cache.store_splits(dk, splits)  # stores them, or checks the stored ones against these fresh splits
         keys[i] = dk
     return keys
 
@@ -156,6 +155,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
     data_keys = prepare_data(cfg, cache)
     grid: Grid = expand(cfg, data_keys, reg)
     keep = ("ok",) if retry_failed else None
+    for line in move_aside_bad_rows(out):  # a corrupt row would otherwise count as finished forever
+        console.print(f"warning: {line}", highlight=False, soft_wrap=True)
     done = finished_keys(out, keep)
     todo = [c for k, c in grid.cells.items() if k not in done]
     summary = Summary(cfg.name, len(grid.cells), len(grid.cells) - len(todo), len(todo), naive=grid.naive_counts(),
@@ -206,7 +207,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             "exploiter": cell.exploiter.label, "exploiter_params": cell.exploiter.params_json(),
             "architecture": cell.arch.name, "recipe": json.dumps(cell.arch.recipe.to_dict(), sort_keys=True),
             "poison_ratio": cell.poison_ratio, "train_subset": cell.subset, "seed": cell.seed, "cell_key": cell.key,
-            **{k: pm.get("metrics", {}).get(k) for k in ("noise_linf", "noise_l2", "patch_area", "psnr", "ssim", "lpips")},
+            **{k: pm.get("metrics", {}).get(k) for k in ("noise_linf", "noise_l2", "patch_area", "psnr", "ssim", "lpips",
+                                                         "budget_kind", "budget_value")},
             "purify_psnr": um.get("metrics", {}).get("purify_psnr"),
             "purify_ssim": um.get("metrics", {}).get("purify_ssim"),
             "protect_s": pm.get("seconds"), "purify_s": um.get("seconds"),
@@ -258,6 +260,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             view.running[a] = (f"{stage} {label}", time.perf_counter())
 
     def finish(stage: str, job: Any, res: dict[str, Any]) -> None:
+        if res.get("fatal"):  # stored data changed: every row built on it would be wrong
+            raise IntegrityError(res["fatal"])
         summary.stages[stage] = summary.stages.get(stage, 0) + (0 if res.get("cached") else 1)
         if stage == "protect":
             p_meta[job.key] = res
