@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,7 @@ def _recipe(v: _V, d: Any, key: str, base: dict | None = None) -> Recipe:
 def _num(v: _V, x: Any, key: str, typ: type, low: float | None = None, high: float | None = None,
          low_open: bool = False) -> Any:
     ok = isinstance(x, (int, float)) and not isinstance(x, bool) and (typ is float or isinstance(x, int))
+    ok = ok and math.isfinite(x)  # NaN compares false with every bound, so it would pass them all
     if ok and low is not None:
         ok = x > low if low_open else x >= low
     if ok and high is not None:
@@ -311,9 +313,15 @@ def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str 
     out = output or raw.get("output") or f"runs/{name}"
     if not isinstance(out, str):
         raise v.err("output", out, "a directory path")
+    # The file's own output resolves against the file's folder, so the same command from another working
+    # directory finds the same rows (a --output flag is the user's path, relative to where they typed it).
+    out_path = (Path(out) if output or Path(out).is_absolute() else path.parent / out).resolve()
+    if out_path.exists() and not out_path.is_dir():
+        raise ConfigError(f"{path}: {'--output' if output else 'output'} = '{out}': expected a directory, "
+                          f"found a file ({out_path})")
     split_seed = _num(v, raw.get("split_seed", 0), "split_seed", int, 0)
     return TournamentConfig(name, path, datasets, protectors, exploiters, archs, recipe, ratios, seeds, cpus, gpus,
-                            maxc, retries, Path(out), plugin_modules, split_seed, raw)
+                            maxc, retries, out_path, plugin_modules, split_seed, raw)
 
 
 def load_config(path: str | Path, output: str | None = None, reg: Registry | None = None) -> TournamentConfig:
