@@ -93,6 +93,17 @@ class FakeRobust(Exploiter):
         return _FakeRobust()
 
 
+class Hang(Exploiter):
+    """Never returns (a deadlock, a download that waits forever)."""
+
+    name = "test-hang"
+
+    def purify(self, protected, raw, ctx):
+        import time
+
+        time.sleep(3600)
+
+
 @hookimpl
 def arena_register_protectors(register):
     register(BudgetWriter)
@@ -104,3 +115,4 @@ def arena_register_exploiters(register):
     register(Peek)
     register(OpenTest)
     register(FakeRobust)
+    register(Hang)

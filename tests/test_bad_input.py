@@ -51,6 +51,8 @@ def test_param_validator_refuses_nan_and_infinity(value: float) -> None:
     ({"datasets": [{"name": "digits", "raw_fraction": ".nan"}]}, "datasets[0].raw_fraction = NaN"),
     ({"poison_ratios": [".nan"]}, "poison_ratios[0] = NaN"),
     ({"resources": {"cpus_per_trial": ".inf"}}, "resources.cpus_per_trial = Infinity"),
+    ({"resources": {"timeout_s": {"train": 0}}}, "resources.timeout_s.train = 0: expected float > 0.0"),
+    ({"resources": {"timeout_s": {"trian": 5}}}, "resources.timeout_s.trian = 5: expected a known key"),
 ])
 def test_tournament_config_refuses_nan_and_infinity(tmp_path: Path, change: dict, needle: str) -> None:
     text = yaml.safe_dump({**BASE, **change}).replace("'.nan'", ".nan").replace("'.inf'", ".inf")

@@ -184,3 +184,17 @@ def test_corrupt_and_foreign_row_files_are_named_skipped_moved_aside_and_recompu
     assert sorted(p.name for p in (tmp_path / "r" / ".corrupt").iterdir()) == sorted([row.name, foreign.name])
     (again,) = read_rows(tmp_path / "r")
     assert again["cell_key"] == good["cell_key"] and again["clean_acc"] == good["clean_acc"]
+
+
+def test_a_hung_plugin_times_out_into_a_failed_row_and_the_rest_finishes(tmp_path, ray_local):
+    import time
+
+    cfg = _cfg(tmp_path, "h", exploiters=["test-hang", "none"],
+               resources={"cpus_per_trial": 1, "max_concurrent": 1, "timeout_s": {"purify": 20}})
+    t0 = time.perf_counter()
+    s = run_tournament(cfg, live=False)
+    assert time.perf_counter() - t0 < 300 and s.ran == 2
+    by = _by(read_rows(tmp_path / "h"))
+    hung = by[("none", "test-hang")]
+    assert hung["status"] == "failed" and hung["error"] == "purify: timed out after 20 s (resources.timeout_s)"
+    assert by[("none", "none")]["status"] == "ok", "the replaced actor runs the remaining cells"

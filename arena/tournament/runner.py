@@ -186,6 +186,7 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
     actors = {i: new_actor() for i in range(n_actors)}
     idle = deque(actors)
     inflight: dict[Any, tuple[int, str, Any]] = {}
+    started: dict[Any, float] = {}  # when each in-flight stage was submitted (stage timeouts)
     attempts: Counter = Counter()
     view = _View(cfg.name, len(todo), console)
     git_sha = _git_sha()
@@ -253,6 +254,7 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             stage, job = ready.popleft()
             fut = getattr(actors[a], stage).remote(job)
             inflight[fut] = (a, stage, job)
+            started[fut] = time.perf_counter()
             label = job.label() if isinstance(job, Cell) else (
                 f"{job.protector.name} s{job.seed}" if isinstance(job, ProtectJob) else
                 f"{job.exploiter.label if job.exploiter.parts else 'pass-through'} r={job.poison_ratio:g}"
@@ -275,9 +277,29 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             release()
             submit()
             while inflight:
-                ready_futs, _ = ray.wait(list(inflight), num_returns=1)
+                ready_futs, _ = ray.wait(list(inflight), num_returns=1, timeout=5.0)
+                if not ready_futs:
+                    hung = [(f, a, st, j) for f, (a, st, j) in inflight.items()
+                            if time.perf_counter() - started[f] > cfg.timeout_s[st]]
+                    for fut, a, stage, job in hung:  # a plugin that never returns: replace its actor
+                        inflight.pop(fut)
+                        view.running.pop(a, None)
+                        try:
+                            ray.kill(actors[a])
+                        except Exception:  # already gone
+                            pass
+                        actors[a] = new_actor()
+                        idle.append(a)
+                        finish(stage, job, {"status": "failed", "metrics": {}, "seconds": cfg.timeout_s[stage],
+                                            "error": f"{stage}: timed out after {cfg.timeout_s[stage]:g} s "
+                                                     f"(resources.timeout_s)"})
+                    if hung:
+                        release()
+                        submit()
+                    continue
                 fut = ready_futs[0]
                 a, stage, job = inflight.pop(fut)
+                started.pop(fut, None)
                 view.running.pop(a, None)
                 try:
                     res = ray.get(fut)
