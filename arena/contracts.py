@@ -15,6 +15,7 @@ import torch
 from .budget import Budget
 from .data import ImageSet
 from .params import ParamSpec
+from .robust import RobustEval
 
 if TYPE_CHECKING:
     from .context import Context
@@ -104,10 +105,10 @@ class TrainingMod:
         returned in train mode."""
         return x
 
-    def extra_eval(self, model: torch.nn.Module, test_x: torch.Tensor, test_y: torch.Tensor,
-                   gen: torch.Generator) -> dict[str, float]:
-        """Extra metrics on the clean test split after training (e.g. robust accuracy)."""
-        return {}
+    # The robust evaluation this exploiter asks for (an :class:`arena.robust.RobustEval`), run by the arena
+    # on the clean test split after training: plugin code never receives test data and cannot set
+    # ``robust_acc`` itself. (This replaces ``extra_eval(model, test_x, test_y, gen)``, no longer called.)
+    robust_eval: RobustEval | None = None
 
 
 class Exploiter(_Plugin):

@@ -154,6 +154,9 @@ def make_splits(
     """
     if not 0.0 <= raw_fraction < 1.0:
         raise ArenaError(f"raw_fraction = {raw_fraction!r}: expected a float in [0, 1)")
+    for what, size in (("train", train_size), ("test", test_size)):
+        if size is not None and size < 1:
+            raise ArenaError(f"{what} size {size}: expected a positive number of images")
     gen = torch.Generator().manual_seed(seed)
     n = len(train_full)
     n_raw = int(round(raw_fraction * n))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +53,59 @@ def row_path(out_dir: Path, cell_key: str) -> Path:
     return Path(out_dir) / f"cell-{cell_key}.parquet"
 
 
+def _compatible(stored: pa.DataType, expected: pa.DataType) -> bool:
+    """Parquet has no second-resolution timestamps (they come back as ms) and all-null columns may be
+    typed null: both read back under SCHEMA; anything else must match exactly."""
+    return (stored.equals(expected) or pa.types.is_null(stored)
+            or (pa.types.is_timestamp(stored) and pa.types.is_timestamp(expected)))
+
+
+def row_file_problem(path: Path | str) -> str | None:
+    """Why a ``cell-*.parquet`` file is not a row this code can read (None: it is). Reads the footer
+    only: a truncated or foreign file has none, or lacks the row columns, or types them differently."""
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises several types for "not Parquet"
+        return f"not a readable Parquet file ({type(e).__name__})"
+    for name in ("cell_key", "status"):
+        if name not in schema.names:
+            return f"not an arena row file (no '{name}' column)"
+    for f in schema:
+        if f.name in SCHEMA.names and not _compatible(f.type, SCHEMA.field(f.name).type):
+            return f"not an arena row file (column '{f.name}' is {f.type}, expected {SCHEMA.field(f.name).type})"
+    return None
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
+
+
+def move_aside_bad_rows(out_dir: Path) -> list[str]:
+    """Move unreadable or foreign ``cell-*.parquet`` files to ``<out_dir>/.corrupt/`` (kept, not deleted)
+    so their cells count as unfinished and are recomputed; one line per file moved."""
+    out_dir = Path(out_dir)
+    lines = []
+    for p in sorted(out_dir.glob("cell-*.parquet")) if out_dir.is_dir() else []:
+        why = row_file_problem(p)
+        if why is None:
+            continue
+        dest = out_dir / ".corrupt" / p.name
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(p, dest)
+        lines.append(f"{p}: {why}; moved to {dest}, its cell will be recomputed")
+    return lines
+
+
 def finished_keys(out_dir: Path, statuses: tuple[str, ...] | None = None) -> set[str]:
-    """Cell keys that already have a row (optionally only rows with the given statuses)."""
+    """Cell keys that already have a readable row (optionally only rows with the given statuses)."""
     out_dir = Path(out_dir)
     if not out_dir.exists():
         return set()
-    keys = {p.name[len("cell-"):-len(".parquet")] for p in out_dir.glob("cell-*.parquet")}
+    keys = {p.name[len("cell-"):-len(".parquet")] for p in out_dir.glob("cell-*.parquet")
+            if row_file_problem(p) is None}
     if statuses is None or not keys:
         return keys
-    t = read_table(out_dir, columns=["cell_key", "status"])
+    t = read_table(out_dir, columns=["cell_key", "status"], warn=None)
     return {k for k, s in zip(t.column("cell_key").to_pylist(), t.column("status").to_pylist()) if s in statuses}
 
 
@@ -87,10 +133,18 @@ def cell_files(path: Path) -> list[str]:
                   if not any(part.startswith(".") for part in p.relative_to(path).parts))
 
 
-def read_table(path: Path | str, columns: list[str] | None = None) -> pa.Table:
-    """All rows under ``path`` (a directory tree of cell files, or one Parquet file)."""
+def read_table(path: Path | str, columns: list[str] | None = None,
+               warn: Callable[[str], None] | None = _warn) -> pa.Table:
+    """All rows under ``path`` (a directory tree of cell files, or one Parquet file). Unreadable or
+    foreign files are skipped with one ``warn`` line each, so one bad file never hides the others."""
     path = Path(path)
-    source = cell_files(path) if path.is_dir() else [str(path)]
+    source = []
+    for f in (cell_files(path) if path.is_dir() else [str(path)]):
+        why = row_file_problem(f)
+        if why is None:
+            source.append(f)
+        elif warn is not None:
+            warn(f"{f}: {why}; skipped")
     if not source:
         return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
     ds = pds.dataset(source, format="parquet", schema=SCHEMA)

@@ -7,6 +7,7 @@ names the parameter, the value and what is accepted.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,8 @@ class Param:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if ok:
                 value = float(value)
+                if not math.isfinite(value):  # NaN passes every range check: refuse it by name
+                    raise ParamError(f"{where} = {value!r}: expected a finite {self.accepted()}")
         elif t is str:
             ok = isinstance(value, str)
         if not ok:

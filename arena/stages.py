@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
-from .budget import check_budget
+from .budget import Budget, check_budget
 from .context import Context
 from .contracts import Exploiter, Protector
 from .data import ImageSet, Splits
 from .diagnostics import noise_separability, protector_info
+from .integrity import IntegrityViolation
 from .metrics import image_quality
 from .models import build_model
 from .params import ArenaError
@@ -26,6 +27,12 @@ from .trainer import Recipe, TrainResult, train_victim
 
 class ContractError(ArenaError):
     """A plugin returned something the contract forbids (wrong shape, dtype, labels)."""
+
+
+# Row fields only the arena measures: a plugin's diagnostics (``last_info``) may not set them.
+ARENA_METRICS = frozenset({"clean_acc", "best_acc", "selected_acc", "robust_acc", "status", "error", "noise_linf",
+                           "noise_l2", "patch_area", "psnr", "ssim", "lpips", "purify_psnr", "purify_ssim",
+                           "budget_kind", "budget_value"})
 
 
 @dataclass
@@ -61,14 +68,23 @@ def run_protect(protector: Protector, train: ImageSet, ctx: Context) -> StageOut
     if train.origin != "train":
         raise ContractError(f"protector '{protector.name}' may only receive the train split, not '{train.origin}'")
     who = f"protector '{protector.name}'"
+    # Each hook gets its own copy: a protector that writes into what ``budget()`` receives must not
+    # change the clean images its output is measured against (nor the split other cells reuse).
+    budget = protector.budget(_copy(train))
+    if not isinstance(budget, Budget):
+        raise ContractError(f"{who}: budget() returned {type(budget).__name__}; expected an arena.Budget")
     protector.last_info = {}
     t0 = time.perf_counter()
     out = protector.protect(_copy(train), ctx)
     seconds = time.perf_counter() - t0
     protected = _as_imageset(out, train, f"protected:{protector.name}", who)
+    if protector.name == "none" and not torch.equal(protected.images, train.images):
+        # the baseline row of every matrix: if it is not the clean split, every comparison is wrong
+        raise IntegrityViolation(f"{who}: output differs from the clean train split")
     info = protector_info(getattr(protector, "last_info", None), who)
-    sizes = check_budget(protector.budget(train), train.images, protected.images, who)
+    sizes = check_budget(budget, train.images, protected.images, who)
     metrics = {"noise_linf": sizes["linf"], "noise_l2": sizes["l2"], "patch_area": sizes["patch_area"],
+               "budget_kind": budget.kind, "budget_value": float(budget.value),
                **image_quality(train.images, protected.images),
                "noise_separability": noise_separability(train.images, protected.images, train.labels)}
     return StageOutput(protected, metrics, seconds, info)
@@ -112,7 +128,9 @@ def run_purify(exploiters: list[Exploiter], protected: ImageSet, raw: ImageSet |
         if out is None:
             continue
         data = _as_imageset(out, data, f"purified:{e.name}", who)
-        metrics.update(getattr(e, "last_info", {}) or {})
+        info = getattr(e, "last_info", {}) or {}
+        # diagnostics only: the arena's own measurements cannot be written by the plugin they judge
+        metrics.update({k: v for k, v in dict(info).items() if k not in ARENA_METRICS})
     if data is not protected:
         q = image_quality(protected.images, data.images)
         metrics.update({"purify_psnr": q["psnr"], "purify_ssim": q["ssim"]})

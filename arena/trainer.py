@@ -21,6 +21,7 @@ from .contracts import TrainingMod
 from .data import ImageSet
 from .params import ArenaError, Param, ParamSpec
 from .progress import Progress
+from .robust import robust_accuracy
 
 
 class TrainingDiverged(ArenaError):
@@ -250,9 +251,11 @@ def train_victim(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     extra: dict[str, float] = {}
-    if test is not None:
-        for m in mods:
-            extra.update(m.extra_eval(model, TX, TY, gen))
+    specs = [m.robust_eval for m in mods if getattr(m, "robust_eval", None) is not None]
+    if test is not None and specs:  # the arena attacks the victim; no plugin code sees the test split
+        if len(specs) > 1:
+            raise ArenaError("more than one exploiter asks for a robust evaluation; combine at most one")
+        extra["robust_acc"] = robust_accuracy(model, TX, TY, specs[0], gen, amp)
     best_epoch = max(range(len(curve)), key=lambda i: curve[i]) if curve else -1
     sel_epoch = max(range(len(val_curve)), key=lambda i: val_curve[i]) if val_curve else None
     return TrainResult(

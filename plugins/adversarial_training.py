@@ -14,9 +14,11 @@ after the base crop+flip and after every ``transform_batch`` of other exploiters
 image the model actually trains on. ``y`` may be soft targets (MixUp/CutMix, N x K floats):
 ``F.cross_entropy`` takes both, so ``adversarial-training + cutmix`` attacks the mixed loss.
 
-After training, ``extra_eval`` reports PGD-``eval_steps`` robust accuracy on the clean test split at
-the same radius (``robust_acc``), optionally on a seeded subset (``eval_size``) because 20 attack steps
-over a large test split cost about 20 training epochs' worth of forward-backward passes.
+After training, the arena reports PGD-``eval_steps`` robust accuracy on the clean test split at the same
+radius (``robust_acc``), optionally on a seeded subset (``eval_size``) because 20 attack steps over a
+large test split cost about 20 training epochs' worth of forward-backward passes. The exploiter only
+declares that evaluation (``robust_eval``, an :class:`arena.robust.RobustEval`); the attack code is
+``arena.robust.pgd_attack``, shared with the training-time attack.
 
 Differences from the reference code (Madry's TF ``cifar10_challenge`` / common PyTorch ports): the
 gradient is taken with ``torch.autograd.grad`` on delta only (no parameter gradients accumulate during
@@ -37,35 +39,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from arena import Exploiter, Param, ParamSpec, TrainingMod, hookimpl
+from arena.robust import RobustEval, pgd_attack
 from arena.trainer import use_amp
 
-
-def pgd_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
-               steps: int, random_start: bool, gen: torch.Generator | None, amp: bool = False) -> torch.Tensor:
-    """L-inf PGD that maximizes CE(model(x'), y); returns ``x' = clamp(x + delta, 0, 1)``, detached.
-
-    The caller decides the model's mode; ``y`` may be int64 labels or N x K soft targets.
-    """
-    x = x.detach()
-    if random_start:
-        noise = torch.rand(x.shape, generator=gen, device=gen.device if gen is not None else x.device)
-        delta = (noise.to(x.device) * 2 - 1) * eps
-    else:
-        delta = torch.zeros_like(x)
-    delta = ((x + delta).clamp(0, 1) - x).detach()
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x + delta)
-        loss = F.cross_entropy(out.float(), y)
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta = (delta + step_size * grad.sign()).clamp_(-eps, eps)
-            delta = (x + delta).clamp_(0, 1) - x
-    return (x + delta).detach()
+__all__ = ["AdversarialTraining", "PGDTraining", "pgd_attack"]
 
 
 class PGDTraining(TrainingMod):
@@ -77,6 +56,9 @@ class PGDTraining(TrainingMod):
         self.random_start = random_start
         self.eval_steps, self.eval_size, self.eval_batch_size = eval_steps, eval_size, eval_batch_size
         self.amp_flag = "off"
+        # the arena runs this evaluation on the test split after training (plugins never see test data)
+        self.robust_eval = (RobustEval(eps, eval_steps, step_size, random_start, eval_size, eval_batch_size)
+                            if eval_steps > 0 else None)
 
     def configure(self, recipe: Any) -> Any:
         self.amp_flag = getattr(recipe, "amp", "off")  # attack under the same autocast as the update
@@ -94,30 +76,6 @@ class PGDTraining(TrainingMod):
                               amp=use_amp(self.amp_flag, x.device))
         finally:
             model.train(was_training)
-
-    def extra_eval(self, model: torch.nn.Module, test_x: torch.Tensor, test_y: torch.Tensor,
-                   gen: torch.Generator) -> dict[str, float]:
-        if self.eval_steps == 0:
-            return {}
-        n = test_x.shape[0]
-        if 0 < self.eval_size < n:
-            idx = torch.randperm(n, generator=gen, device=gen.device)[: self.eval_size].to(test_x.device)
-            test_x, test_y = test_x[idx], test_y[idx]
-        was_training = model.training
-        model.eval()
-        amp = use_amp(self.amp_flag, test_x.device)
-        correct = 0
-        try:
-            for i in range(0, test_x.shape[0], self.eval_batch_size):
-                xb = test_x[i : i + self.eval_batch_size].float().div_(255.0)
-                yb = test_y[i : i + self.eval_batch_size]
-                adv = pgd_attack(model, xb, yb, eps=self.eps, step_size=self.step_size, steps=self.eval_steps,
-                                 random_start=self.random_start, gen=gen, amp=amp)
-                with torch.no_grad(), torch.autocast(adv.device.type, dtype=torch.bfloat16, enabled=amp):
-                    correct += int((model(adv).argmax(1) == yb).sum())
-        finally:
-            model.train(was_training)
-        return {"robust_acc": correct / max(1, test_x.shape[0])}
 
 
 class AdversarialTraining(Exploiter):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from arena.board import matrices, plot_heatmaps, rankings
-from arena.leaderboard import read_rows
+from arena.leaderboard import SCHEMA_VERSION, read_rows
 from arena.tournament.config import ConfigError, load_config
 from arena.tournament.runner import run_tournament
 
@@ -71,7 +71,7 @@ def test_grid_runs_each_stage_once_records_failures_and_reruns_free(tmp_path: Pa
     assert by[("none", "none")]["purify_psnr"] is None
     # the directory reads as one pyarrow dataset with the versioned schema
     ds = pds.dataset(str(tmp_path / "out"), format="parquet")
-    assert ds.count_rows() == 8 and ds.schema.metadata[b"arena_schema_version"] == b"2"
+    assert ds.count_rows() == 8 and ds.schema.metadata[b"arena_schema_version"] == SCHEMA_VERSION.encode()
     assert {r["protector_label"] for r in rows} == {"none", "classwise-patch", "test-boom", "test-over-budget"}
     assert {r["exploiter_label"] for r in rows} == {"none", "test-invert"}
     assert {r["architecture_label"] for r in rows} == {"cnn-small"}

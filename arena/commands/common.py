@@ -57,5 +57,8 @@ def load_splits(dataset: str, params: dict[str, Any], root: str | None, download
 
 
 def splits_from_args(args: argparse.Namespace) -> Splits:
+    for flag, n in (("--train-size", args.train_size), ("--test-size", args.test_size)):
+        if n is not None and n < 1:
+            raise ArenaError(f"{flag} {n}: expected a positive number of images")
     return load_splits(args.dataset, json_params(args.dataset_params, "--dataset-params"), args.data_root,
                        args.download, args.train_size, args.test_size, args.raw_fraction, args.seed)

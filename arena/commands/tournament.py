@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from ..registry import get_registry
 
-        grid = expand(cfg, prepare_data(cfg, StageCache(cfg.output / ".cache")), get_registry())
+        grid = expand(cfg, prepare_data(cfg, StageCache(cfg.output / ".cache"), store=False), get_registry())
         c, n = grid.counts(), grid.naive_counts()
-        console.print(f"{cfg.path}: valid. {c['train']} cells; stages {c['protect']} protect, {c['purify']} purify, "
+        console.print(f"{cfg.path}: valid. {c['train']} cells into {cfg.output}; stages {c['protect']} protect, {c['purify']} purify, "
                       f"{c['train']} train (a cell-by-cell runner would do {n['protect']}/{n['purify']}/{n['train']})")
         return 0
     summary = run_tournament(cfg, address=args.address, retry_failed=args.retry_failed, live=not args.no_live,

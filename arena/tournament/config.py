@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,11 @@ TOP_KEYS = {
     "split_seed": "seed of the train/raw/test split (int)",
 }
 DATASET_KEYS = ("name", "params", "root", "download", "train", "test", "raw_fraction")
-RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "retries")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "retries", "timeout_s")
+# Longest a stage may run before its actor is replaced and its cells recorded as failed: far above what a
+# real stage takes on one CPU core at CIFAR size (EMN/SEM protect, a DDPM purify, 60-epoch ResNet-18 training),
+# so only a hung plugin reaches it. ``resources.timeout_s`` sets one number for all stages or a mapping.
+DEFAULT_TIMEOUT_S = {"protect": 24 * 3600.0, "purify": 24 * 3600.0, "train": 12 * 3600.0}
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class TournamentConfig:
     plugin_modules: list[str] = field(default_factory=list)
     split_seed: int = 0
     raw: dict[str, Any] = field(default_factory=dict)
+    timeout_s: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUT_S))
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -225,6 +231,7 @@ def _recipe(v: _V, d: Any, key: str, base: dict | None = None) -> Recipe:
 def _num(v: _V, x: Any, key: str, typ: type, low: float | None = None, high: float | None = None,
          low_open: bool = False) -> Any:
     ok = isinstance(x, (int, float)) and not isinstance(x, bool) and (typ is float or isinstance(x, int))
+    ok = ok and math.isfinite(x)  # NaN compares false with every bound, so it would pass them all
     if ok and low is not None:
         ok = x > low if low_open else x >= low
     if ok and high is not None:
@@ -382,12 +389,25 @@ def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str 
     maxc = res.get("max_concurrent")
     maxc = None if maxc is None else _num(v, maxc, "resources.max_concurrent", int, 1)
     retries = _num(v, res.get("retries", 2), "resources.retries", int, 0)
+    tmo = res.get("timeout_s")
+    timeout_s = dict(DEFAULT_TIMEOUT_S)
+    if isinstance(tmo, dict):
+        v.keys(tmo, tuple(DEFAULT_TIMEOUT_S), "resources.timeout_s")
+        timeout_s.update({k: _num(v, x, f"resources.timeout_s.{k}", float, 0.0, low_open=True) for k, x in tmo.items()})
+    elif tmo is not None:
+        timeout_s = dict.fromkeys(DEFAULT_TIMEOUT_S, _num(v, tmo, "resources.timeout_s", float, 0.0, low_open=True))
     out = output or raw.get("output") or f"runs/{name}"
     if not isinstance(out, str):
         raise v.err("output", out, "a directory path")
+    # The file's own output resolves against the file's folder, so the same command from another working
+    # directory finds the same rows (a --output flag is the user's path, relative to where they typed it).
+    out_path = (Path(out) if output or Path(out).is_absolute() else path.parent / out).resolve()
+    if out_path.exists() and not out_path.is_dir():
+        raise ConfigError(f"{path}: {'--output' if output else 'output'} = '{out}': expected a directory, "
+                          f"found a file ({out_path})")
     split_seed = _num(v, raw.get("split_seed", 0), "split_seed", int, 0)
     return TournamentConfig(name, path, datasets, protectors, exploiters, archs, recipe, ratios, seeds, cpus, gpus,
-                            maxc, retries, Path(out), plugin_modules, split_seed, raw)
+                            maxc, retries, out_path, plugin_modules, split_seed, raw, timeout_s)
 
 
 def load_config(path: str | Path, output: str | None = None, reg: Registry | None = None) -> TournamentConfig:

@@ -25,7 +25,8 @@ import torch
 from .. import __version__
 from ..commands.common import load_splits
 from ..diagnostics import is_weak
-from ..leaderboard import finished_keys, write_row
+from ..integrity import IntegrityError
+from ..leaderboard import finished_keys, move_aside_bad_rows, write_row
 from ..registry import get_registry
 from .config import ConfigError, TournamentConfig
 from .grid import Cell, Grid, ProtectJob, PurifyJob, content_key, expand
@@ -62,19 +63,17 @@ def _git_sha() -> str | None:
         return None
 
 
-def prepare_data(cfg: TournamentConfig, cache: StageCache) -> dict[int, str]:
-    """Load every data set once on the driver, store its splits under a content key for the workers."""
+def prepare_data(cfg: TournamentConfig, cache: StageCache, store: bool = True) -> dict[int, str]:
+    """Load every data set once on the driver, store its splits under a content key for the workers
+    (``store=False``: only compute the keys, writing nothing, for ``--dry-run``)."""
     keys = {}
     for i, ds in enumerate(cfg.datasets):
         splits = load_splits(ds.name, ds.params, ds.root, ds.download, ds.train, ds.test, ds.raw_fraction,
                              cfg.split_seed)
         dk = content_key("data", ds.name, splits.train.fingerprint(), splits.raw.fingerprint(),
                          splits.test.fingerprint())
-        d = cache.data_dir(dk)
-        if not (d / "done").exists():
-            for name in ("train", "raw", "test"):
-                getattr(splits, name).save(d / f"{name}.npz")
-            (d / "done").write_text("ok")
+        if store:
+            cache.store_splits(dk, splits)  # stores them, or checks the stored ones against these fresh splits
         keys[i] = dk
     return keys
 
@@ -171,6 +170,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
     data_keys = prepare_data(cfg, cache)
     grid: Grid = expand(cfg, data_keys, reg)
     keep = ("ok",) if retry_failed else None
+    for line in move_aside_bad_rows(out):  # a corrupt row would otherwise count as finished forever
+        console.print(f"warning: {line}", highlight=False, soft_wrap=True)
     done = finished_keys(out, keep)
     todo = [c for k, c in grid.cells.items() if k not in done]
     summary = Summary(cfg.name, len(grid.cells), len(grid.cells) - len(todo), len(todo), naive=grid.naive_counts(),
@@ -200,6 +201,7 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
     actors = {i: new_actor() for i in range(n_actors)}
     idle = deque(actors)
     inflight: dict[Any, tuple[int, str, Any]] = {}
+    started: dict[Any, float] = {}  # when each in-flight stage was submitted (stage timeouts)
     attempts: Counter = Counter()
     view = _View(cfg.name, len(todo), console)
     git_sha = _git_sha()
@@ -218,7 +220,7 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
         row = {
             **base, **cell_columns(cell),
             **{k: pm.get("metrics", {}).get(k) for k in ("noise_linf", "noise_l2", "patch_area", "psnr", "ssim", "lpips",
-                                                         "noise_separability")},
+                                                         "noise_separability", "budget_kind", "budget_value")},
             "protect_info": json.dumps(pm["info"], sort_keys=True) if pm.get("info") else None,
             "weak": is_weak(pm.get("info")),
             "traceback": result.get("traceback") or pm.get("traceback") or um.get("traceback"),
@@ -266,6 +268,7 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             stage, job = ready.popleft()
             fut = getattr(actors[a], stage).remote(job)
             inflight[fut] = (a, stage, job)
+            started[fut] = time.perf_counter()
             label = job.label() if isinstance(job, Cell) else (
                 f"{job.protector.name} s{job.seed}" if isinstance(job, ProtectJob) else
                 f"{job.exploiter.label if job.exploiter.parts else 'pass-through'} r={job.poison_ratio:g}"
@@ -273,6 +276,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             view.running[a] = (f"{stage} {label}", time.perf_counter())
 
     def finish(stage: str, job: Any, res: dict[str, Any]) -> None:
+        if res.get("fatal"):  # stored data changed: every row built on it would be wrong
+            raise IntegrityError(res["fatal"])
         summary.stages[stage] = summary.stages.get(stage, 0) + (0 if res.get("cached") else 1)
         if stage == "protect":
             p_meta[job.key] = res
@@ -286,9 +291,29 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             release()
             submit()
             while inflight:
-                ready_futs, _ = ray.wait(list(inflight), num_returns=1)
+                ready_futs, _ = ray.wait(list(inflight), num_returns=1, timeout=5.0)
+                if not ready_futs:
+                    hung = [(f, a, st, j) for f, (a, st, j) in inflight.items()
+                            if time.perf_counter() - started[f] > cfg.timeout_s[st]]
+                    for fut, a, stage, job in hung:  # a plugin that never returns: replace its actor
+                        inflight.pop(fut)
+                        view.running.pop(a, None)
+                        try:
+                            ray.kill(actors[a])
+                        except Exception:  # already gone
+                            pass
+                        actors[a] = new_actor()
+                        idle.append(a)
+                        finish(stage, job, {"status": "failed", "metrics": {}, "seconds": cfg.timeout_s[stage],
+                                            "error": f"{stage}: timed out after {cfg.timeout_s[stage]:g} s "
+                                                     f"(resources.timeout_s)"})
+                    if hung:
+                        release()
+                        submit()
+                    continue
                 fut = ready_futs[0]
                 a, stage, job = inflight.pop(fut)
+                started.pop(fut, None)
                 view.running.pop(a, None)
                 try:
                     res = ray.get(fut)

@@ -19,11 +19,14 @@ import torch
 from ..budget import BudgetViolation
 from ..context import Context
 from ..data import ImageSet, Splits
+from ..data import cache_root as data_cache_root
+from ..guard import plugin_code
+from ..integrity import IntegrityError, IntegrityViolation, content_hash
 from ..params import ArenaError
 from ..registry import Registry, get_registry
 from ..stages import exploit_inputs, run_protect, run_purify, run_train
 from .grid import CLEAN_ONLY, Cell, ProtectJob, PurifyJob
-from .stagecache import StageCache
+from .stagecache import SPLITS, StageCache
 
 
 def load_extra_plugins(reg: Registry, modules: list[str]) -> None:
@@ -44,7 +47,14 @@ def _error_text(e: BaseException) -> str:
 
 
 def _status(e: BaseException) -> str:
+    if isinstance(e, IntegrityViolation):
+        return "integrity"
     return "invalid" if isinstance(e, BudgetViolation) else "failed"
+
+
+def _fatal(e: IntegrityError) -> dict[str, Any]:
+    """Stored data failed its hash check: the driver stops the tournament with this line, writing no row."""
+    return {"status": "integrity", "fatal": str(e), "error": str(e), "metrics": {}, "seconds": 0.0}
 
 
 class StageRunner:
@@ -56,33 +66,68 @@ class StageRunner:
         if threads:
             torch.set_num_threads(threads)
         self.cache = StageCache(Path(cache_root))
+        # Plugin-visible directories live in their own tree, which holds no split (issue 18: the clean
+        # splits used to sit next to ``ctx.cache_dir``). Everything under ``guarded`` is refused to plugin code.
+        self.plugin_root = self.cache.root.parent / ".plugins"
+        self.guarded = (self.cache.root, data_cache_root() / "datasets")
         self.device = torch.device(device)
-        self.reg = get_registry()
-        load_extra_plugins(self.reg, plugin_modules or [])
+        self.import_breach: str | None = None
+        try:
+            with plugin_code("a plugin module being imported", self.guarded):
+                self.reg = get_registry()
+                load_extra_plugins(self.reg, plugin_modules or [])
+        except IntegrityViolation as e:  # every stage of this actor then fails with it
+            self.import_breach = str(e)
+            self.reg = get_registry()
         self._splits: dict[str, Splits] = {}
+        self._hashes: dict[str, dict[str, str]] = {}
 
     # -- data ------------------------------------------------------------------------------------
     def splits(self, data_key: str) -> Splits:
+        """The clean splits, loaded once per actor and checked against the manifest's hashes."""
         if data_key not in self._splits:
-            d = self.cache.data_dir(data_key)
-            self._splits[data_key] = Splits(ImageSet.load(d / "train.npz"), ImageSet.load(d / "raw.npz"),
-                                            ImageSet.load(d / "test.npz"))
+            self._hashes[data_key] = self.cache.split_hashes(data_key)
+            self._splits[data_key] = Splits(*(self.cache.load_split(data_key, n) for n in SPLITS))
         return self._splits[data_key]
+
+    def _check_memory(self, data_key: str, names: tuple[str, ...]) -> None:
+        """Later cells in this actor reuse the loaded splits, so one changed in memory while plugin code
+        ran fails this cell and is dropped (reloaded from verified storage by the next cell)."""
+        sp = self._splits.get(data_key)
+        if sp is None:
+            return
+        for n in names:
+            if content_hash(getattr(sp, n)) != self._hashes[data_key][n]:
+                del self._splits[data_key]
+                raise IntegrityViolation(f"the clean {n} split changed in memory while plugin code ran")
 
     def _ctx(self, seed: int, plugin: str) -> Context:
         """One plugin cache directory for the whole tournament: plugins name their artefacts by content
         (plugin name, params, input hash), so sharing it is safe and lets related entries reuse expensive
         work (``jcdp`` and ``jcdp-uncond`` train one DDPM, ``iss-jpeg+jcdp`` reuses it too)."""
-        scratch = self.cache.root / "scratch" / plugin
-        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=self.cache.root / "plugins")
+        scratch = self.plugin_root / "scratch" / plugin
+        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=self.plugin_root / "cache")
+
+    def _plugin_code(self, who: str) -> Any:
+        if self.import_breach:
+            raise IntegrityViolation(self.import_breach)
+        return plugin_code(who, self.guarded)
 
     # -- stages ----------------------------------------------------------------------------------
     def protect(self, job: ProtectJob) -> dict[str, Any]:
         if self.cache.has("protect", job.key):
             return {**self.cache.meta("protect", job.key), "cached": True}
         try:
-            protector = self.reg.protector(job.protector.name, job.protector.params)
-            out = run_protect(protector, self.splits(job.data_key).train, self._ctx(job.seed, job.protector.name))
+            train = self.splits(job.data_key).train
+        except IntegrityError as e:
+            return _fatal(e)
+        try:
+            try:
+                with self._plugin_code(f"protector '{job.protector.name}'"):
+                    protector = self.reg.protector(job.protector.name, job.protector.params)
+                    out = run_protect(protector, train, self._ctx(job.seed, job.protector.name))
+            finally:
+                self._check_memory(job.data_key, ("train",))
             meta = {"status": "ok", "error": None, "metrics": out.metrics, "seconds": out.seconds,
                     "info": out.info}
             self.cache.save("protect", job.key, out.data, meta)
@@ -113,12 +158,20 @@ class StageRunner:
             return {**self.cache.meta("purify", job.key), "cached": True}
         try:
             data = self._mixed(job)
+            splits = self.splits(job.data_key)
+        except IntegrityError as e:
+            return _fatal(e)
+        try:
             metrics: dict[str, Any] = {}
             seconds = 0.0
             if job.subset != CLEAN_ONLY:
-                exploiters = [self.reg.exploiter(p.name, p.params) for p in job.exploiter.parts]
-                inputs, raw = exploit_inputs(exploiters, data, self.splits(job.data_key))
-                out = run_purify(exploiters, inputs, raw, self._ctx(job.seed, job.exploiter.label))
+                try:
+                    with self._plugin_code(f"exploiter '{job.exploiter.label}'"):
+                        exploiters = [self.reg.exploiter(p.name, p.params) for p in job.exploiter.parts]
+                        inputs, raw = exploit_inputs(exploiters, data, splits)
+                        out = run_purify(exploiters, inputs, raw, self._ctx(job.seed, job.exploiter.label))
+                finally:
+                    self._check_memory(job.data_key, SPLITS)
                 data, metrics, seconds = out.data, out.metrics, out.seconds
             meta = {"status": "ok", "error": None, "metrics": metrics, "seconds": seconds}
             self.cache.save("purify", job.key, data, meta)
@@ -132,11 +185,19 @@ class StageRunner:
         t0 = time.perf_counter()
         try:
             data = self.cache.load("purify", cell.purify_key)
-            exploiters = ([self.reg.exploiter(p.name, p.params) for p in cell.exploiter.parts]
-                          if cell.subset != CLEAN_ONLY else [])
-            ctx = self._ctx(cell.seed, cell.exploiter.label)
-            res = run_train(cell.arch.name, data, self.splits(cell.data_key).test, cell.arch.recipe, seed=cell.seed,
-                            ctx=ctx, exploiters=exploiters, description=cell.label())
+            test = self.splits(cell.data_key).test
+        except IntegrityError as e:
+            return _fatal(e)
+        try:
+            try:
+                with self._plugin_code(f"exploiter '{cell.exploiter.label}'"):
+                    exploiters = ([self.reg.exploiter(p.name, p.params) for p in cell.exploiter.parts]
+                                  if cell.subset != CLEAN_ONLY else [])
+                    ctx = self._ctx(cell.seed, cell.exploiter.label)
+                    res = run_train(cell.arch.name, data, test, cell.arch.recipe, seed=cell.seed,
+                                    ctx=ctx, exploiters=exploiters, description=cell.label())
+            finally:  # the victim was evaluated on exactly the stored test split
+                self._check_memory(cell.data_key, ("test",))
             if not math.isfinite(res.clean_acc):
                 raise ArenaError("victim accuracy is not finite")
             return {"status": "ok", "error": None, "clean_acc": res.clean_acc, "best_acc": res.best_acc,
