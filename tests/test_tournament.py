@@ -70,7 +70,7 @@ def test_grid_runs_each_stage_once_records_failures_and_reruns_free(tmp_path: Pa
     assert by[("none", "none")]["purify_psnr"] is None
     # the directory reads as one pyarrow dataset with the versioned schema
     ds = pds.dataset(str(tmp_path / "out"), format="parquet")
-    assert ds.count_rows() == 8 and ds.schema.metadata[b"arena_schema_version"] == b"1"
+    assert ds.count_rows() == 8 and ds.schema.metadata[b"arena_schema_version"] == b"2"
     again = run_tournament(cfg, live=False)
     assert again.ran == 0 and again.skipped == 8 and not any(again.stages.values())
     mats = matrices(rows)

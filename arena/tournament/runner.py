@@ -27,7 +27,7 @@ from ..commands.common import load_splits
 from ..leaderboard import finished_keys, write_row
 from ..registry import get_registry
 from .config import ConfigError, TournamentConfig
-from .grid import Cell, Grid, ProtectJob, PurifyJob, content_key, expand
+from .grid import Cell, Grid, ProtectJob, PurifyJob, content_key, expand, resolve_precision
 from .stagecache import StageCache
 from .worker import StageRunner
 
@@ -154,7 +154,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
     out = cfg.output
     cache = StageCache(out / ".cache")
     data_keys = prepare_data(cfg, cache)
-    grid: Grid = expand(cfg, data_keys, reg)
+    amp = resolve_precision(cfg, {i: cache.data_dir(k) for i, k in data_keys.items()})
+    grid: Grid = expand(cfg, data_keys, reg, amp=amp)
     keep = ("ok",) if retry_failed else None
     done = finished_keys(out, keep)
     todo = [c for k, c in grid.cells.items() if k not in done]
@@ -206,6 +207,7 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             "exploiter": cell.exploiter.label, "exploiter_params": cell.exploiter.params_json(),
             "architecture": cell.arch.name, "recipe": json.dumps(cell.arch.recipe.to_dict(), sort_keys=True),
             "poison_ratio": cell.poison_ratio, "train_subset": cell.subset, "seed": cell.seed, "cell_key": cell.key,
+            "code_hash": cell.code_hash, "precision": cell.precision,
             **{k: pm.get("metrics", {}).get(k) for k in ("noise_linf", "noise_l2", "patch_area", "psnr", "ssim", "lpips")},
             "purify_psnr": um.get("metrics", {}).get("purify_psnr"),
             "purify_ssim": um.get("metrics", {}).get("purify_ssim"),

@@ -69,12 +69,14 @@ class StageRunner:
                                             ImageSet.load(d / "test.npz"))
         return self._splits[data_key]
 
-    def _ctx(self, seed: int, plugin: str) -> Context:
-        """One plugin cache directory for the whole tournament: plugins name their artefacts by content
-        (plugin name, params, input hash), so sharing it is safe and lets related entries reuse expensive
-        work (``jcdp`` and ``jcdp-uncond`` train one DDPM, ``iss-jpeg+jcdp`` reuses it too)."""
+    def _ctx(self, seed: int, plugin: str, plugin_hash: str = "") -> Context:
+        """Plugin caches live in one directory per plugin code hash (computed by the driver in
+        ``grid.expand``): plugins name their artefacts by content (plugin name, params, input hash) but
+        not by their code, so an edited plugin starts from an empty cache while entries of one module
+        still share theirs (``jcdp`` and ``jcdp-uncond`` train one DDPM)."""
         scratch = self.cache.root / "scratch" / plugin
-        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=self.cache.root / "plugins")
+        cache_dir = self.cache.root / "plugins" / plugin_hash if plugin_hash else self.cache.root / "plugins"
+        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=cache_dir)
 
     # -- stages ----------------------------------------------------------------------------------
     def protect(self, job: ProtectJob) -> dict[str, Any]:
@@ -82,7 +84,7 @@ class StageRunner:
             return {**self.cache.meta("protect", job.key), "cached": True}
         try:
             protector = self.reg.protector(job.protector.name, job.protector.params)
-            out = run_protect(protector, self.splits(job.data_key).train, self._ctx(job.seed, job.protector.name))
+            out = run_protect(protector, self.splits(job.data_key).train, self._ctx(job.seed, job.protector.name, job.plugin_hash))
             meta = {"status": "ok", "error": None, "metrics": out.metrics, "seconds": out.seconds}
             self.cache.save("protect", job.key, out.data, meta)
         except Exception as e:  # a plugin failure fails its cells, never the tournament
@@ -117,7 +119,7 @@ class StageRunner:
             if job.subset != CLEAN_ONLY:
                 exploiters = [self.reg.exploiter(p.name, p.params) for p in job.exploiter.parts]
                 inputs, raw = exploit_inputs(exploiters, data, self.splits(job.data_key))
-                out = run_purify(exploiters, inputs, raw, self._ctx(job.seed, job.exploiter.label))
+                out = run_purify(exploiters, inputs, raw, self._ctx(job.seed, job.exploiter.label, job.plugin_hash))
                 data, metrics, seconds = out.data, out.metrics, out.seconds
             meta = {"status": "ok", "error": None, "metrics": metrics, "seconds": seconds}
             self.cache.save("purify", job.key, data, meta)
@@ -133,8 +135,8 @@ class StageRunner:
             data = self.cache.load("purify", cell.purify_key)
             exploiters = ([self.reg.exploiter(p.name, p.params) for p in cell.exploiter.parts]
                           if cell.subset != CLEAN_ONLY else [])
-            ctx = self._ctx(cell.seed, cell.exploiter.label)
-            res = run_train(cell.arch.name, data, self.splits(cell.data_key).test, cell.arch.recipe, seed=cell.seed,
+            ctx = self._ctx(cell.seed, cell.exploiter.label, cell.plugin_hash)
+            res = run_train(cell.arch.name, data, self.splits(cell.data_key).test, cell.train_recipe(), seed=cell.seed,
                             ctx=ctx, exploiters=exploiters, description=cell.label())
             if not math.isfinite(res.clean_acc):
                 raise ArenaError("victim accuracy is not finite")
