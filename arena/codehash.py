@@ -171,7 +171,12 @@ def entry_modules(reg: Any, kind: str, name: str) -> list[str]:
     e = reg.entry(kind, name)
     mods = []
     plugin = reg.pm.get_plugin(e.plugin)
-    pmod = getattr(plugin, "__name__", None) if isinstance(plugin, types.ModuleType) else type(plugin).__module__
+    if isinstance(plugin, types.ModuleType):
+        pmod = plugin.__name__
+    else:  # a class or an instance registered at run time: the module that defines it
+        pmod = plugin.__module__ if isinstance(plugin, type) else type(plugin).__module__
+    if pmod == "builtins":
+        pmod = None
     if pmod:
         mods.append(pmod)
     defining = e.obj.build if kind == "architectures" else e.obj
