@@ -49,8 +49,10 @@ class Context:
                             progress=self.progress, description=description)
 
     def cache_path(self, name: str) -> Path:
-        """Where to keep an expensive artefact across runs. The directory may be shared with other plugins
-        (a tournament has one), so ``name`` must say whose it is and hash what it depends on."""
+        """Where to keep an expensive artefact across runs. The directory may be shared with other entries of
+        the same plugin module, so ``name`` must say whose it is and hash what it depends on (input content,
+        params, seed). The plugin's code need not be in ``name``: tournaments and ``arena protect`` give each
+        plugin code hash its own directory (``arena/codehash.py``), so an edited plugin never reads stale files."""
         base = self.cache_dir or (self.scratch / "cache")
         base.mkdir(parents=True, exist_ok=True)
         return base / name

@@ -20,6 +20,7 @@ from .augment import crop_flip
 from .contracts import TrainingMod
 from .data import ImageSet
 from .params import ArenaError, Param, ParamSpec
+from .precision import resolve_amp
 from .progress import Progress
 from .robust import robust_accuracy
 
@@ -38,7 +39,7 @@ RECIPE_PARAMS = ParamSpec((
     Param("crop_pad", int, 4, "random-crop padding in pixels (0: no crop)", low=0),
     Param("flip", bool, True, "random horizontal flip"),
     Param("eval_batch_size", int, 1024, low=1),
-    Param("amp", str, "auto", "bf16 autocast: auto = on for CUDA and CPUs with native bf16",
+    Param("amp", str, "auto", "bf16 autocast: auto = on for CUDA, on a CPU only where measured faster",
           choices=("auto", "on", "off")),
     Param("channels_last", str, "auto", "NHWC layout: auto = on", choices=("auto", "on", "off")),
     Param("compile", bool, False, "torch.compile the model (GPU, long runs)"),
@@ -88,19 +89,15 @@ class TrainResult:
     images_per_s: float = 0.0
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slower."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # an older torch without the probes: stay in float32
-        return False
-
-
 def use_amp(flag: str, device: torch.device) -> bool:
-    """bf16 autocast: ``auto`` turns it on for CUDA and for CPUs with native bf16, where it is ~2x faster for
-    convolutions (resnet18 at 32 px on 2 EPYC cores: 72 -> 171 img/s); accuracy is checked against float32
-    by ``benchmarks/trainer.py``."""
-    return flag == "on" or (flag == "auto" and (device.type == "cuda" or cpu_has_native_bf16()))
+    """bf16 autocast for a flag that is already decided: ``on``/``off``, or ``auto`` = on for CUDA only.
+
+    On a CPU ``auto`` must be resolved by measuring the model first (``arena.precision.resolve_amp``, which
+    :func:`train_victim` and ``grid.expand`` do): a CPU flag does not predict speed. bf16 trained resnet18
+    at 32 px 2.4x faster on 2 AMD EPYC cores (72 -> 171 img/s), but on a 2-core Intel Xeon with avx512_bf16
+    and no AMX it was slower (resnet18 50 img/s bf16 vs 68 fp32; cnn-small 1,750 vs 2,088) and it changes
+    the numbers, so an unmeasured ``auto`` on a CPU stays in float32."""
+    return flag == "on" or (flag == "auto" and device.type == "cuda")
 
 
 def use_channels_last(flag: str, device: torch.device) -> bool:
@@ -159,6 +156,10 @@ def train_victim(
     device = torch.device(device)
     recipe = recipe or Recipe()
     mods = list(mods or [])
+    if recipe.amp == "auto":  # decided before the mods see the recipe (adversarial training attacks in it)
+        on = resolve_amp("auto", device, model, train.shape, train.num_classes, recipe.batch_size,
+                         channels_last=use_channels_last(recipe.channels_last, device))
+        recipe = replace(recipe, amp="on" if on else "off")
     for m in mods:
         m.num_classes = train.num_classes
         recipe = m.configure(recipe)

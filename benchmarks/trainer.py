@@ -36,8 +36,9 @@ from PIL import Image
 
 from arena import ImageSet, Recipe, evaluate, make_splits, train_victim
 from arena.models import build_model
+from arena.precision import resolve_amp
 from arena.registry import get_registry
-from arena.trainer import use_amp, use_channels_last
+from arena.trainer import use_channels_last
 
 
 def find_cifar(root: str | None) -> Path:
@@ -140,15 +141,18 @@ def main() -> None:
     train, test = load_data(args)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, compile=args.compile, amp=args.amp,
                     channels_last=args.channels_last, crop_pad=args.crop_pad)
-    amp, chl = use_amp(recipe.amp, device), use_channels_last(recipe.channels_last, device)
+    chl = use_channels_last(recipe.channels_last, device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"# {dt.date.today()} {platform.node()} {dev_name}; torch {torch.__version__}; data {args.data} "
           f"{len(train)} train / {len(test)} test at {train.shape[1]} px; {args.epochs} epoch(s), batch "
-          f"{args.batch_size}; reference DataLoader workers {workers}; arena bf16 {amp}, channels_last {chl}", flush=True)
+          f"{args.batch_size}; reference DataLoader workers {workers}; arena bf16 {recipe.amp}, channels_last {chl}", flush=True)
     ratios = []
     for arch in args.archs.split(","):
         c, h, _ = train.shape
         results = {}
+        amp = resolve_amp(recipe.amp, device, build_model(arch, train.num_classes, c, h), train.shape,
+                          train.num_classes, recipe.batch_size, channels_last=chl)  # what train_victim decides
+        print(f"{arch}: arena bf16 {amp}", flush=True)
         for name in ("reference", "arena"):
             model = build_model(arch, train.num_classes, c, h, seed=args.seed)
             if name == "arena":

@@ -3,7 +3,8 @@
 JCDP needs a diffusion prior of the *data distribution* that never saw the protected images or the
 test split. The attacker's raw pool (unlabeled images collected elsewhere) is all it may use, so the
 model is trained here on that pool only, once per (pool content hash, DDPM params, version), and kept
-under ``ctx.cache_path`` (a file lock makes concurrent tournament workers train it once). Training
+under ``ctx.cache_path`` (a file lock makes concurrent tournament workers train it once; the arena keys that
+directory by the code hash of ``plugins/jcdp.py`` and this module, so an edit retrains it). Training
 writes an atomic checkpoint every ``ckpt_every`` steps (model, EMA, optimizer, RNG state, loss
 history), so a killed run continues where it stopped and a finished one is only loaded.
 

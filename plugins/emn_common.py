@@ -204,7 +204,8 @@ def warn_max_rounds(name: str, rounds: int, err: float, stop_error: float) -> No
 # -- cache -----------------------------------------------------------------------------------------
 
 def cache_file(ctx: Any, name: str, version: str, train: ImageSet, p: dict[str, Any]) -> Path:
-    """Key = plugin, version, content hash of the input, the resolved params and the cell seed."""
+    """Key = plugin, version, content hash of the input, the resolved params and the cell seed. The code is
+    not in the name: the arena gives every plugin code hash its own ``ctx.cache_path`` directory."""
     key = json.dumps({"params": p, "seed": ctx.seed, "version": version}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return ctx.cache_path(f"{name}-v{version}-{train.fingerprint()}-{digest}.pt")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..codehash import CodeHasher
 from ..context import Context
 from ..data import cache_root
 from ..params import ArenaError
@@ -106,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
             raise ArenaError(f"--model {args.model}: no such file")
 
     progress = RichProgress(console=console, transient=True)
-    ctx = Context(device=pick_device(args.device), seed=args.seed, progress=progress, cache_dir=cache_root() / "protect")
+    code = CodeHasher(get_registry()).entry("protectors", protector.name)  # an edited plugin's cache is not reused
+    ctx = Context(device=pick_device(args.device), seed=args.seed, progress=progress,
+                  cache_dir=cache_root() / "protect" / code)
     try:
         encoder = None
         if protector.supports_encoder and args.model:

@@ -29,7 +29,7 @@ from ..integrity import IntegrityError
 from ..leaderboard import finished_keys, move_aside_bad_rows, write_row
 from ..registry import get_registry
 from .config import ConfigError, TournamentConfig
-from .grid import Cell, Grid, ProtectJob, PurifyJob, content_key, expand
+from .grid import Cell, Grid, ProtectJob, PurifyJob, content_key, expand, resolve_precision
 from .stagecache import StageCache
 from .worker import StageRunner
 
@@ -168,7 +168,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
     out = cfg.output
     cache = StageCache(out / ".cache")
     data_keys = prepare_data(cfg, cache)
-    grid: Grid = expand(cfg, data_keys, reg)
+    amp = resolve_precision(cfg, {i: cache.data_dir(k) for i, k in data_keys.items()})
+    grid: Grid = expand(cfg, data_keys, reg, amp=amp)
     keep = ("ok",) if retry_failed else None
     for line in move_aside_bad_rows(out):  # a corrupt row would otherwise count as finished forever
         console.print(f"warning: {line}", highlight=False, soft_wrap=True)
@@ -219,6 +220,7 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
             extra["selected_epoch"] = result["selected_epoch"]
         row = {
             **base, **cell_columns(cell),
+            "code_hash": cell.code_hash, "precision": cell.precision,
             **{k: pm.get("metrics", {}).get(k) for k in ("noise_linf", "noise_l2", "patch_area", "psnr", "ssim", "lpips",
                                                          "noise_separability", "budget_kind", "budget_value")},
             "protect_info": json.dumps(pm["info"], sort_keys=True) if pm.get("info") else None,

@@ -101,12 +101,14 @@ class StageRunner:
                 del self._splits[data_key]
                 raise IntegrityViolation(f"the clean {n} split changed in memory while plugin code ran")
 
-    def _ctx(self, seed: int, plugin: str) -> Context:
-        """One plugin cache directory for the whole tournament: plugins name their artefacts by content
-        (plugin name, params, input hash), so sharing it is safe and lets related entries reuse expensive
-        work (``jcdp`` and ``jcdp-uncond`` train one DDPM, ``iss-jpeg+jcdp`` reuses it too)."""
+    def _ctx(self, seed: int, plugin: str, plugin_hash: str = "") -> Context:
+        """Plugin caches live in one directory per plugin code hash (computed by the driver in
+        ``grid.expand``), in a tree that holds no split: plugins name their artefacts by content (plugin
+        name, params, input hash) but not by their code, so an edited plugin starts from an empty cache
+        while entries of one module still share theirs (``jcdp`` and ``jcdp-uncond`` train one DDPM)."""
         scratch = self.plugin_root / "scratch" / plugin
-        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=self.plugin_root / "cache")
+        cache_dir = self.plugin_root / "cache" / plugin_hash if plugin_hash else self.plugin_root / "cache"
+        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=cache_dir)
 
     def _plugin_code(self, who: str) -> Any:
         if self.import_breach:
@@ -125,7 +127,7 @@ class StageRunner:
             try:
                 with self._plugin_code(f"protector '{job.protector.name}'"):
                     protector = self.reg.protector(job.protector.name, job.protector.params)
-                    out = run_protect(protector, train, self._ctx(job.seed, job.protector.name))
+                    out = run_protect(protector, train, self._ctx(job.seed, job.protector.name, job.plugin_hash))
             finally:
                 self._check_memory(job.data_key, ("train",))
             meta = {"status": "ok", "error": None, "metrics": out.metrics, "seconds": out.seconds,
@@ -169,7 +171,8 @@ class StageRunner:
                     with self._plugin_code(f"exploiter '{job.exploiter.label}'"):
                         exploiters = [self.reg.exploiter(p.name, p.params) for p in job.exploiter.parts]
                         inputs, raw = exploit_inputs(exploiters, data, splits)
-                        out = run_purify(exploiters, inputs, raw, self._ctx(job.seed, job.exploiter.label))
+                        out = run_purify(exploiters, inputs, raw,
+                                         self._ctx(job.seed, job.exploiter.label, job.plugin_hash))
                 finally:
                     self._check_memory(job.data_key, SPLITS)
                 data, metrics, seconds = out.data, out.metrics, out.seconds
@@ -193,8 +196,8 @@ class StageRunner:
                 with self._plugin_code(f"exploiter '{cell.exploiter.label}'"):
                     exploiters = ([self.reg.exploiter(p.name, p.params) for p in cell.exploiter.parts]
                                   if cell.subset != CLEAN_ONLY else [])
-                    ctx = self._ctx(cell.seed, cell.exploiter.label)
-                    res = run_train(cell.arch.name, data, test, cell.arch.recipe, seed=cell.seed,
+                    ctx = self._ctx(cell.seed, cell.exploiter.label, cell.plugin_hash)
+                    res = run_train(cell.arch.name, data, test, cell.train_recipe(), seed=cell.seed,
                                     ctx=ctx, exploiters=exploiters, description=cell.label())
             finally:  # the victim was evaluated on exactly the stored test split
                 self._check_memory(cell.data_key, ("test",))
