@@ -126,6 +126,33 @@ def cell_stats(sel: list[dict[str, Any]], metric: str) -> dict[str, Any]:
             "seeds": len(sel), "failed": len(sel) - len(ok), "weak": any(bool(r.get("weak")) for r in sel)}
 
 
+# Plausibility: no exploiter on protected data should beat the same setting's unprotected victims by more
+# than this, beyond their interval. The victim's own seed-to-seed sd on clean digits is ~1.2 points and a
+# 355-image test split has a binomial sd of ~1.3 points at 94 %, so 5 points is about four sd: a cell over it
+# learnt from something the threat model does not give the attacker (test images, the clean split).
+SUSPICIOUS_MARGIN = 0.05
+
+
+def suspicious(rs: list[dict[str, Any]], metric: str) -> set[tuple[str, str, str]]:
+    """(protector, exploiter, architecture) labels of the cells whose seed mean is above every unprotected
+    cell (protector ``none``, any exploiter) of the same setting and architecture, by more than
+    :data:`SUSPICIOUS_MARGIN` beyond that cell's 95 % upper bound (its mean when it has one seed)."""
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rs:
+        v = value(r, metric) if r["status"] == "ok" else None
+        if v is not None:
+            groups[(r["protector_label"], r["exploiter_label"], r["architecture_label"])].append(v)
+    ceiling: dict[str, float] = {}
+    names = {r["protector_label"]: r["protector"] for r in rs}
+    for (p, _e, a), vs in groups.items():
+        if names.get(p) == BASELINE:
+            st = summarize(vs)
+            top = st.ci_high if st is not None and st.ci_high is not None else max(vs)
+            ceiling[a] = max(ceiling.get(a, -math.inf), top)
+    return {(p, e, a) for (p, e, a), vs in groups.items()
+            if names.get(p) != BASELINE and a in ceiling and statistics.fmean(vs) > ceiling[a] + SUSPICIOUS_MARGIN}
+
+
 def _full(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("train_subset") != CONTROL]
 
@@ -149,8 +176,10 @@ def matrices(rows: list[dict[str, Any]], metric: str = "clean_acc") -> list[dict
         for r in rs:
             by[(r["protector_label"], r["exploiter_label"])].append(r)
         cells: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        odd = suspicious(rs, metric)
         for (p, e), sel in by.items():
             cells[p][e] = cell_stats(sel, metric)
+            cells[p][e]["suspicious"] = (p, e, key[5]) in odd
         ctrl = summarize(ctrl_vals.get((*key[:4], key[5], key[6]), []))
         out.append({**_setting_dict(key[:5]), "architecture": key[5], "recipe": key[6],
                     "protectors": prot, "exploiters": expl, "cells": dict(cells),
@@ -216,6 +245,7 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
         for r in rs:
             cells[(r["protector_label"], r["exploiter_label"], r["architecture_label"])].append(r)
         stats = {k: cell_stats(v, metric) for k, v in cells.items()}
+        odd = suspicious(rs, metric)
         # What the grid has: per architecture, every exploiter any protector has there, and per exploiter
         # there every seed (an exploiter entry may run on fewer seeds than the tournament: ``seeds:``).
         arch_e: dict[str, set[str]] = defaultdict(set)
@@ -238,11 +268,13 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
                         got = have.get((e, a, s), [])
                         if not any(r["status"] == "ok" for r in got):
                             missing.append(_describe_missing(e, a, s, got))
-            mine = {(e, a): c for (pp, e, a), c in stats.items() if pp == p and c["value"] is not None}
+            mine = {(e, a): c for (pp, e, a), c in stats.items()
+                    if pp == p and c["value"] is not None and (pp, e, a) not in odd}
+            left_out = sorted(f"{e} / {a}" for (pp, e, a) in odd if pp == p)
             name = prs[0]["protector"]
             base = {**setting, "protector": p, "protector_name": name, "baseline": name == BASELINE,
                     "threat_model": _threat(prs), "has_invalid": any(r["status"] == "invalid" for r in prs),
-                    "complete": not missing, "missing": missing, "settings": 1}
+                    "complete": not missing, "missing": missing, "settings": 1, "suspicious": left_out}
             if not mine:
                 unranked.append({**base, "reason": f"no ok cell with {metric}"})
                 continue
@@ -290,7 +322,8 @@ def _exploiter_ranking(setting: dict[str, Any], rs: list[dict[str, Any]], metric
 
 def cell_text(c: dict[str, Any] | None, pct: bool = True) -> str:
     """Plain text of a cell: ``45.2``, ``45.2±3.1`` (95 % half-width, n > 1), ``failed``, ``n/a``; a trailing
-    ``w`` marks weak protection and ``!`` some failed seeds."""
+    ``w`` marks weak protection, ``!`` some failed seeds and ``?`` a suspicious cell (above every
+    unprotected cell of its setting: see :func:`suspicious`)."""
     if c is None:
         return ""
     if c["value"] is None:
@@ -299,7 +332,8 @@ def cell_text(c: dict[str, Any] | None, pct: bool = True) -> str:
     txt = f"{k * c['value']:.1f}"
     if c.get("ci_high") is not None:
         txt += f"±{k * (c['ci_high'] - c['ci_low']) / 2:.1f}"
-    return txt + ("w" if c.get("weak") else "") + ("!" if c.get("failed") else "")
+    return (txt + ("w" if c.get("weak") else "") + ("!" if c.get("failed") else "")
+            + ("?" if c.get("suspicious") else ""))
 
 
 def plot_heatmaps(mats: list[dict[str, Any]], path: Path) -> Path:

@@ -43,6 +43,17 @@ measured on digits at 16 px, cnn-small classifier (4 epochs) and victim (12 epoc
 - Re-measured (same digits/16 px setting, f 4 epochs, 20 GAN epochs, gan_weight 0, victim cnn-small
   12 epochs): clean 92.7%, protected 36.3% (seed 0) / 59.2% (seed 1): the GAN's outcome varies with the
   seed. 10 GAN epochs are not enough (85.1% / 90.4%).
+- Seed to seed (issue 19; one AMD EPYC, digits 16 px, cnn-small f 4 epochs, 20 GAN epochs, gan_weight 0,
+  victim cnn-small 12 epochs, seeds 0-4): at 8/255 the victim reached 70, 92, 49, 95, 93 % (sd 20) and f
+  read the label off G(x) alone for 20, 10, 10, 10, 10 % of the train images, i.e. at chance on four seeds:
+  G never met its own objective, and where it moved at all (seed 0) the victim lost the most. 60 GAN epochs
+  did not change that (f at 20 / 10 / 10 %). At 16/255 f reads 30, 39, 10, 20, 10 % and the victim reaches
+  52, 79, 10, 51, 59 % (sd 25). So at this scale the method does not converge, and ``protect`` reports it:
+  ``last_info`` holds f's accuracy on clean, protected and noise-alone train images and the final losses,
+  and ``converged`` is False (rows marked weak) while f reads fewer than half the labels off G(x). The
+  likely cause is f itself: a small, briefly trained classifier maps an input of magnitude eps to nearly
+  the same logits whatever its pattern, so CE(f(G(x)), t) gives G little to follow. The paper's
+  ResNet-18 f on full CIFAR-10 is unmeasured (GPU).
 - ``gan_weight = 1`` (AdvGAN's weighting of the GAN term). The discriminator pulls the noise toward
   "looks natural", which costs protection on digits (72.7% vs 43.9% with gan_weight 0); the quick
   tournament and the tests use gan_weight 0. Results are sensitive to the number of GAN epochs (40

@@ -30,6 +30,13 @@ module keeps the same shape: ``sem`` and ``rem`` are one loop and differ only in
 output, the run info (``last_info``) and the final surrogate are cached under ``ctx.cache_path`` keyed by
 the input's content hash, the params, the seed and ``version``, so a rerun is one file read.
 
+Seed to seed at quick scale (one AMD EPYC, digits 16 px, cnn-small surrogate of 60 steps, J = 2, 3
+defensive steps; victim cnn-small 12 epochs; seeds 0-4): at 8/255 SEM gave 29-65 % (sd 15) and REM 27-50 %
+(sd 12); at 16/255 SEM 29-44 % (sd 5.9) and REM 27-49 % (sd 8.6). ``last_info`` reports the surrogate's final
+robust loss and accuracy and its accuracy on clean vs protected train images; after 60 steps it reads 23-61 %
+of the clean images and 86-100 % of the protected ones, so the noise, not the content, is what it learned.
+The papers give no stopping rule (a fixed step budget), so no stage is marked weak.
+
 Differences from the reference code, and why:
 - Pixels are in [0,1] and every intermediate image is clamped to [0,1]; the references work in
   0..255 (SEM's clip even clamps to [-0.5, 0.5] after a normalization the arena does not use).

@@ -277,3 +277,18 @@ seeds: [0, 1, 2]
     assert all(d["complete"] for d in ranks["protectors"]), "one-seed exploiters expect one seed, not three"
     with pytest.raises(ConfigError, match=r"exploiters\[1\].seeds\[0\] = 5: expected one of the tournament's seeds"):
         parse_config({**raw, "exploiters": ["none", {"name": "iss-grayscale", "seeds": [5]}]}, Path("x.yaml"))
+
+
+def test_a_cell_above_every_unprotected_cell_is_suspicious_and_not_ranked(tmp_path: Path) -> None:
+    """An exploiter that trained on the test split (or returned the clean images) beats the clean victim."""
+    rows = [row("none", e, seed=s, acc=0.90 + 0.01 * s) for e in ("none", "cheat") for s in (0, 1, 2)]
+    rows += [row("emn", "none", seed=s, acc=0.2) for s in (0, 1, 2)]
+    rows += [row("emn", "cheat", seed=s, acc=1.0) for s in (0, 1, 2)]
+    rows += [row("emn", "honest", seed=s, acc=0.93) for s in (0, 1, 2)]
+    rows += [row("none", "honest", seed=s, acc=0.91) for s in (0, 1, 2)]
+    rs = read_rows(board(tmp_path, rows))
+    cells = matrices(rs)[0]["cells"]["emn"]
+    assert cells["cheat"]["suspicious"] and not cells["honest"]["suspicious"] and not cells["none"]["suspicious"]
+    assert cell_text(cells["cheat"]).endswith("?")
+    emn = next(d for d in rankings(rs)["protectors"] if d["protector"] == "emn")
+    assert emn["strongest_exploiter"] == "honest" and emn["suspicious"] == ["cheat / cnn-small"]

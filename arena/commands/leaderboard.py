@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
             con.print(f"[yellow]weak[/yellow] {_who(r)}: {r.get('protect_info') or '(no diagnostics recorded)'}")
     elif weak:
         con.print(f"{len(weak)} cells with weak protection (w): see them with --diagnostics")
+    odd = [f"{d['protector']} x {c}" for d in ranks["protectors"] for c in d.get("suspicious") or []]
+    if odd:
+        con.print(f"[red]{len(dict.fromkeys(odd))} suspicious cells[/red] (?: above every unprotected cell of their "
+                  "setting by > 5 points; left out of the rankings): " + "; ".join(dict.fromkeys(odd)))
     if stale is not None:
         con.print(f"{args.tournament}: {stale['in_grid']} rows of the current grid shown, {stale['absent']} grid cells "
                   f"have no row yet; [yellow]{stale['stale']} stale rows[/yellow] in {path} (not produced by the "
