@@ -119,9 +119,12 @@ def cell_stats(sel: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     ok = [r for r in sel if r["status"] == "ok"]
     s: Summary | None = summarize(value(r, metric) for r in ok)
     statuses = sorted({r["status"] for r in sel})
+    # Every metric here is an accuracy: an interval past 0 or 1 (three seeds, a large sd) says nothing more
+    # than one that stops there.
     return {"value": None if s is None else s.mean, "n": 0 if s is None else s.n,
-            "std": None if s is None else s.std, "ci_low": None if s is None else s.ci_low,
-            "ci_high": None if s is None else s.ci_high,
+            "std": None if s is None else s.std,
+            "ci_low": None if s is None or s.ci_low is None else max(0.0, s.ci_low),
+            "ci_high": None if s is None or s.ci_high is None else min(1.0, s.ci_high),
             "status": "ok" if ok else statuses[0], "error": next((r["error"] for r in sel if r.get("error")), None),
             "seeds": len(sel), "failed": len(sel) - len(ok), "weak": any(bool(r.get("weak")) for r in sel)}
 
