@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -140,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         runs[label] = {"file": path, "name": name, "cells": run(cfg)}
     import torch
 
-    machine = f"{platform.processor() or platform.machine()} ({_cpu_name()}), torch {torch.__version__}"
+    from arena.precision import cpu_name
+
+    machine = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     t = Table(title=f"clean test accuracy % over {a.seeds} seeds (exploiter per row; low = protected); {machine}")
     t.add_column("protector")
     t.add_column("exploiter")
@@ -158,16 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         blob["machine"] = machine
         Path(a.json).write_text(json.dumps(blob, indent=1))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
