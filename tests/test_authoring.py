@@ -225,3 +225,133 @@ def test_a_broken_entry_point_is_skipped_with_one_warning_line(tmp_path) -> None
                      r"'ab_import': .*ab_import.py, line 3: ImportError: needs a GPU driver", text), text
     assert "'ab-hook'" in text and "'arena_register_exploiter', which is not an arena hook" in text
     assert "'ab-register'" in text and "ab_register.py, line 5" in text and "expected a named subclass" in text
+
+
+# -- arena check-plugin --plugins and the conformance check ------------------------------------------------
+CHEATS = '''
+from pathlib import Path
+
+from arena import Budget, Exploiter, Protector, hookimpl
+
+
+class FailsOnSeedOne(Protector):
+    name = "cheat-seed-one"
+
+    def budget(self, train):
+        return Budget("linf", 0.0)
+
+    def protect(self, train, ctx):
+        if ctx.seed == 1:
+            raise RuntimeError("only tested with seed 0")
+        return train.images
+
+
+class ZeroesItsInput(Protector):
+    """Returns the clean images (within any budget) but wipes what ``budget()`` was handed."""
+    name = "cheat-zeroes-input"
+
+    def budget(self, train):
+        train.images.zero_()
+        return Budget("linf", 8 / 255)
+
+    def protect(self, train, ctx):
+        return train.images.clone()
+
+
+class ExploiterSeedOne(Exploiter):
+    name = "cheat-exploiter-seed-one"
+
+    def purify(self, protected, raw, ctx):
+        out = protected.images.clone()
+        if ctx.seed == 1:
+            out[0, 0, 0, 0] = (int(out[0, 0, 0, 0]) + 1 + ctx.generator().seed() % 7) % 256  # not reproducible
+        return out
+
+
+class WritesIntoProtected(Exploiter):
+    name = "cheat-writes-protected"
+
+    def purify(self, protected, raw, ctx):
+        protected.images[:] = 0
+        return None
+
+
+class ReadsStoredSplits(Exploiter):
+    """Finds the stored splits above its own directories and reads them, hiding any refusal."""
+    name = "cheat-reads-files"
+
+    def purify(self, protected, raw, ctx):
+        try:
+            for p in Path(ctx.cache_dir).parents[2].rglob("*.npz"):
+                p.read_bytes()
+        except Exception:
+            pass
+        return None
+
+
+@hookimpl
+def arena_register_protectors(register):
+    register(FailsOnSeedOne)
+    register(ZeroesItsInput)
+
+
+@hookimpl
+def arena_register_exploiters(register):
+    register(ExploiterSeedOne)
+    register(WritesIntoProtected)
+    register(ReadsStoredSplits)
+'''
+
+
+@pytest.fixture(scope="module")
+def cheats() -> Registry:
+    reg = Registry()
+    reg.register_plugin(_module("authoring_cheats", CHEATS))
+    return reg
+
+
+def _failed(kind: str, name: str, reg: Registry) -> dict[str, str]:
+    from arena.conformance import check_plugin
+
+    return {r.name: r.detail for r in check_plugin(kind, name, reg=reg) if not r.ok}
+
+
+def test_conformance_runs_two_seeds(cheats) -> None:
+    failed = _failed("protector", "cheat-seed-one", cheats)
+    assert list(failed) == ["protect (seed 1): uint8, same shape and labels, budget holds after quantization"]
+    assert "only tested with seed 0" in failed[next(iter(failed))]
+    failed = _failed("exploiter", "cheat-exploiter-seed-one", cheats)
+    assert list(failed) == ["purify: deterministic for seed 1"], failed
+
+
+def test_conformance_catches_hooks_that_change_their_inputs(cheats) -> None:
+    failed = _failed("protector", "cheat-zeroes-input", cheats)
+    assert failed == {"hooks leave their inputs unchanged":
+                      "AssertionError: budget() changed its train input in place (hooks must treat their inputs "
+                      "as read-only)"}, failed
+    failed = _failed("exploiter", "cheat-writes-protected", cheats)
+    assert list(failed) == ["hooks leave their inputs unchanged"] and "purify() changed its protected" in str(failed)
+
+
+def test_conformance_is_not_fooled_by_an_exploiter_that_reads_stored_files(cheats) -> None:
+    failed = _failed("exploiter", "cheat-reads-files", cheats)
+    key = "never receives clean train or test images (in memory or from files)"
+    assert key in failed and "tried to access the arena's stored data" in failed[key], failed
+    assert "purify (seed 0): uint8, same shape and labels" in failed  # the stage itself fails, as in a worker
+
+
+def test_check_plugin_loads_a_plugin_file_that_is_not_installed(tmp_path, capsys, monkeypatch) -> None:
+    from arena.cli import main
+
+    f = tmp_path / "authoring_cli_cheats.py"
+    f.write_text(CHEATS.replace('name = "cheat-', 'name = "cli-cheat-'))
+    assert main(["check-plugin", "cli-cheat-reads-files", "--plugins", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL exploiter cli-cheat-reads-files: never receives clean train or test images" in " ".join(out.split())
+    (tmp_path / "authoring_cli_ok.py").write_text(_protector_module("authoring_cli_ok", "cli-ok-prot"))
+    monkeypatch.chdir(tmp_path)  # a module name, found in the working directory
+    assert main(["check-plugin", "cli-ok-prot", "--plugins", "authoring_cli_ok"]) == 0
+    (tmp_path / "authoring_cli_bad.py").write_text("x = (\n")
+    assert main(["check-plugin", "whatever", "--plugins", str(tmp_path / "authoring_cli_bad.py")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "authoring_cli_bad.py, line 1: SyntaxError" in err, err
