@@ -355,3 +355,21 @@ def test_check_plugin_loads_a_plugin_file_that_is_not_installed(tmp_path, capsys
     assert main(["check-plugin", "whatever", "--plugins", str(tmp_path / "authoring_cli_bad.py")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "authoring_cli_bad.py, line 1: SyntaxError" in err, err
+
+
+# -- the README's example ----------------------------------------------------------------------------------
+def test_the_readme_plugin_example_registers_and_conforms() -> None:
+    from arena.conformance import assert_conforms
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Writing a plugin"):]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks and "my-blur" in blocks[0], "README 'Writing a plugin' lost its example"
+    mod = _module("readme_blur", blocks[0])
+    reg = Registry()
+    reg.register_plugin(mod)
+    assert reg.entry("exploiters", "my-blur").plugin == "readme_blur"
+    for params in ({}, {"k": 4}):  # an even box too: the output keeps its size
+        assert_conforms("exploiter", "my-blur", params, reg=reg)
+    toml = re.findall(r"```toml\n(.*?)```", section, flags=re.S)[0]
+    assert '[project.entry-points.arena]\nmy-blur = "my_pkg.blur"' in toml
