@@ -373,3 +373,31 @@ def test_the_readme_plugin_example_registers_and_conforms() -> None:
         assert_conforms("exploiter", "my-blur", params, reg=reg)
     toml = re.findall(r"```toml\n(.*?)```", section, flags=re.S)[0]
     assert '[project.entry-points.arena]\nmy-blur = "my_pkg.blur"' in toml
+
+
+def test_a_plugin_file_beside_the_yaml_runs_in_ray_workers_from_another_directory(tmp_path, monkeypatch) -> None:
+    """The whole path: driver validation, workers started elsewhere loading the same file, a real row."""
+    import ray
+
+    from arena.leaderboard import read_rows
+    from arena.tournament.runner import _init_ray, run_tournament
+
+    folder = tmp_path / "t"
+    (folder / "mine").mkdir(parents=True)
+    (folder / "mine" / "authoring_ray_plugin.py").write_text(_protector_module("authoring_ray_plugin", "ray-prot"))
+    path = _tournament(folder, ["mine/authoring_ray_plugin.py"], "ray-prot")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # neither the YAML's folder nor the checkout: workers find arena on PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    was_running = ray.is_initialized()
+    cfg = load_config(path)
+    if not was_running:
+        _init_ray(None, cfg)
+    try:
+        run_tournament(cfg, live=False)
+    finally:
+        if not was_running:
+            ray.shutdown()
+    (row,) = read_rows(folder / "out")
+    assert (row["protector"], row["status"]) == ("ray-prot", "ok"), row["error"]

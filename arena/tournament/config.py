@@ -17,7 +17,7 @@ import yaml
 
 from ..data import resolve_root
 from ..labels import distinguishing_labels
-from ..params import ArenaError
+from ..params import ArenaError, show
 from ..registry import Registry, get_registry, load_extra_plugins, resolve_plugin
 from ..trainer import RECIPE_PARAMS, Recipe
 
@@ -160,9 +160,14 @@ class _V:
         self.path = path
 
     def err(self, key: str, value: Any, accepted: str) -> ConfigError:
-        shown = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+        try:
+            shown = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+        except (TypeError, ValueError):  # keys JSON cannot hold (dates, None), ints past the digit limit
+            shown = show(value, 80)
         if len(shown) > 80:
             shown = shown[:77] + "..."
+        # a key may be any YAML scalar, with newlines and all: the message stays on one line
+        key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(key))
         return ConfigError(f"{self.path}: {key} = {shown}: expected {accepted}")
 
     def mapping(self, v: Any, key: str) -> dict:
