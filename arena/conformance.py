@@ -1,6 +1,11 @@
 """``arena check-plugin``: run a plugin's contract on tiny data through the same stage functions the
 tournament uses. Third-party authors call :func:`assert_conforms` from their own tests.
 
+Every stage check runs under each of :data:`SEEDS`, every hook's data arguments are hashed before and
+after the call (a hook that writes into its input would corrupt whatever the caller reuses), and plugin
+code runs under the worker's audit hook with the tiny clean splits stored where a tournament keeps its
+own: an exploiter that reads them from disk fails "never receives clean train or test images".
+
 The tiny data set is synthetic and built here (class-coloured blobs plus noise) so the check depends on
 no data-set plugin and no files.
 """
@@ -8,6 +13,7 @@ no data-set plugin and no files.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +22,14 @@ import torch
 import torch.nn as nn
 
 from .context import Context
+from .contracts import Exploiter, Protector
 from .data import ImageSet, Splits
+from .data import cache_root as data_cache_root
+from .guard import plugin_code
+from .integrity import IntegrityViolation, content_hash
 from .params import ArenaError as ArenaErrorTypes
 from .params import ParamError
-from .registry import get_registry
+from .registry import Registry, get_registry
 from .stages import exploit_inputs, run_protect, run_purify
 from .trainer import Recipe, train_victim
 
@@ -54,9 +64,86 @@ class _TinyNet(nn.Module):
         return self.net(x)
 
 
-def _ctx(seed: int, root: Path) -> Context:
-    d = Path(tempfile.mkdtemp(dir=root))
-    return Context(seed=seed, scratch=d / "scratch", cache_dir=d / "cache")
+#: Seeds every stage check runs under: a plugin that breaks (or is not reproducible) for one seed only fails.
+SEEDS = (0, 1)
+
+# The data arguments of each hook, by position: hashed before and after every call.
+_HOOK_ARGS = {"budget": ("train",), "protect": ("train",), "fit": ("train",), "purify": ("protected", "raw")}
+
+
+class _Sandbox:
+    """The worker's layout in miniature: the clean splits stored under ``<root>/.cache`` (as a tournament
+    stores them), plugin directories under ``<root>/.plugins``, and plugin code run under the same audit
+    hook as in a worker (:mod:`arena.guard`). A plugin that goes looking for the stored splits, or opens the
+    arena's decoded data sets, is caught even when it swallows the refusal and returns honest-looking data."""
+
+    def __init__(self, root: Path, splits: Splits) -> None:
+        self.root = root
+        stored = root / ".cache" / "data" / "conformance"
+        stored.mkdir(parents=True)
+        for name in ("train", "raw", "test"):
+            getattr(splits, name).save(stored / f"{name}.npz")
+        self.guarded = (root / ".cache", data_cache_root() / "datasets")
+        self.breaches: list[str] = []
+        self.changed: list[str] = []  # "hook() changed its <arg> input"
+        self.seen: list[str] = []  # origins of every data argument a hook received
+        self.n = 0
+
+    def ctx(self, seed: int) -> Context:
+        """A fresh Context (fresh scratch and cache) per call, so a repeat proves determinism, not caching."""
+        self.n += 1
+        base = self.root / ".plugins"
+        return Context(seed=seed, scratch=base / "scratch" / str(self.n), cache_dir=base / "cache" / str(self.n))
+
+    def call(self, who: str, fn: Callable[[], Any]) -> Any:
+        try:
+            with plugin_code(who, self.guarded):
+                return fn()
+        except IntegrityViolation as e:
+            self.breaches.append(str(e))
+            raise
+
+    def watched(self, cls: type, base: type) -> type:
+        """A subclass of the plugin whose own hooks record what they received and whether they changed
+        it; hooks the plugin does not override stay inherited (``has_purify`` and friends see no change)."""
+        sandbox = self
+        ns: dict[str, Any] = {}
+        for hook, names in _HOOK_ARGS.items():
+            if not hasattr(base, hook) or getattr(cls, hook) is getattr(base, hook):
+                continue
+
+            def wrapper(self: Any, *args: Any, _hook: str = hook, _names: tuple = names, **kw: Any) -> Any:
+                before = [(i, content_hash(a)) for i, a in enumerate(args) if isinstance(a, ImageSet)]
+                sandbox.seen += [a.origin for a in args if isinstance(a, ImageSet)]
+                try:
+                    return getattr(super(watched, self), _hook)(*args, **kw)
+                finally:
+                    for i, h in before:
+                        if content_hash(args[i]) != h:
+                            arg = _names[i] if i < len(_names) else f"argument {i}"
+                            sandbox.changed.append(f"{_hook}() changed its {arg} input in place")
+
+            ns[hook] = wrapper
+        watched = type(cls.__name__, (cls,), ns)
+        watched.__module__, watched.__qualname__ = cls.__module__, cls.__qualname__
+        return watched
+
+    def unchanged(self) -> str:
+        if self.changed:
+            raise AssertionError(f"{self.changed[0]} (hooks must treat their inputs as read-only)")
+        return "no hook changed its inputs"
+
+    def no_breach(self) -> None:
+        if self.breaches:
+            raise AssertionError(self.breaches[0])
+
+
+def _splits(size: int) -> Splits:
+    train = tiny_data(size=size)
+    raw = tiny_data(n_per_class=3, size=size, seed=2, origin="raw")
+    raw = ImageSet(raw.images, torch.full_like(raw.labels, -1), raw.classes, "raw")
+    test = tiny_data(n_per_class=3, size=size, seed=3, origin="test")
+    return Splits(train=train, raw=raw, test=test)
 
 
 def _run(results: list[CheckResult], name: str, fn: Any) -> Any:
@@ -99,139 +186,152 @@ def _param_checks(cls: type, params: dict, results: list[CheckResult]) -> None:
     _run(results, "params: wrong type gives a one-line error naming the param", bad_value)
 
 
-def check_protector(name: str, params: dict | None = None, size: int = 16) -> list[CheckResult]:
-    params = params or {}
-    cls = get_registry().entry("protectors", name).obj
-    results: list[CheckResult] = []
-    _param_checks(cls, params, results)
-    train = tiny_data(size=size)
-    with tempfile.TemporaryDirectory() as root:
-        root_p = Path(root)
-        first = _run(results, "protect: uint8, same shape and labels, budget holds after quantization",
-                     lambda: run_protect(cls(**params), train, _ctx(0, root_p)))
-        if first is not None:
-            def same_seed() -> str:
-                again = run_protect(cls(**params), train, _ctx(0, root_p))
-                if not torch.equal(first.data.images, again.data.images):
-                    raise AssertionError("two runs with seed 0 (fresh caches) gave different images")
-                return "identical output for seed 0"
+def _registry(reg: Registry | None) -> Registry:
+    return reg if reg is not None else get_registry()
 
-            _run(results, "deterministic for a seed", same_seed)
-        _run(results, "a batch of one works",
-             lambda: run_protect(cls(**params), train.subset([0], origin="train"), _ctx(0, root_p)) and "ok")
+
+def check_protector(name: str, params: dict | None = None, size: int = 16, *, reg: Registry | None = None
+                    ) -> list[CheckResult]:
+    params = params or {}
+    base_cls = _registry(reg).entry("protectors", name).obj
+    results: list[CheckResult] = []
+    _param_checks(base_cls, params, results)
+    splits = _splits(size)
+    train = splits.train
+    who = f"protector '{name}'"
+    with tempfile.TemporaryDirectory() as root:
+        box = _Sandbox(Path(root), splits)
+        cls = box.watched(base_cls, Protector)
+
+        def protect(data: ImageSet, seed: int) -> Any:
+            return box.call(who, lambda: run_protect(cls(**params), data, box.ctx(seed)))
+
+        for seed in SEEDS:
+            first = _run(results, f"protect (seed {seed}): uint8, same shape and labels, budget holds after "
+                         "quantization", lambda seed=seed: protect(train, seed))
+            if first is not None:
+                def same_seed(first: Any = first, seed: int = seed) -> str:
+                    again = protect(train, seed)
+                    if not torch.equal(first.data.images, again.data.images):
+                        raise AssertionError(f"two runs with seed {seed} (fresh caches) gave different images")
+                    return f"identical output for seed {seed}"
+
+                _run(results, f"deterministic for seed {seed}", same_seed)
+        _run(results, "a batch of one works", lambda: protect(train.subset([0], origin="train"), 0) and "ok")
 
         def refuses_other_splits() -> str:
+            box.no_breach()
             try:
-                run_protect(cls(**params), tiny_data(size=size, origin="test"), _ctx(0, root_p))
+                protect(splits.test, 0)
             except ArenaErrorTypes:
-                return "test split refused"
+                return "test split refused; no stored split opened"
             raise AssertionError("a protector was handed the test split")
 
-        _run(results, "never receives the test split", refuses_other_splits)
+        _run(results, "never receives the test split (in memory or from files)", refuses_other_splits)
+        _run(results, "hooks leave their inputs unchanged", box.unchanged)
     return results
 
 
-def _protected_and_splits(size: int) -> tuple[ImageSet, Splits]:
-    train = tiny_data(size=size)
+def _protected(train: ImageSet) -> ImageSet:
     g = torch.Generator().manual_seed(1)
     noise = ((torch.rand(train.images.shape, generator=g) * 2 - 1) * 8).round()
-    protected = train.with_images((train.images.float() + noise).clamp(0, 255).to(torch.uint8), "protected:conformance")
-    raw = tiny_data(n_per_class=3, size=size, seed=2, origin="raw")
-    raw = ImageSet(raw.images, torch.full_like(raw.labels, -1), raw.classes, "raw")
-    test = tiny_data(n_per_class=3, size=size, seed=3, origin="test")
-    return protected, Splits(train=train, raw=raw, test=test)
+    return train.with_images((train.images.float() + noise).clamp(0, 255).to(torch.uint8), "protected:conformance")
 
 
-def check_exploiter(name: str, params: dict | None = None, size: int = 16) -> list[CheckResult]:
+def check_exploiter(name: str, params: dict | None = None, size: int = 16, *, reg: Registry | None = None
+                    ) -> list[CheckResult]:
     params = params or {}
-    cls = get_registry().entry("exploiters", name).obj
+    base_cls = _registry(reg).entry("exploiters", name).obj
     results: list[CheckResult] = []
-    _param_checks(cls, params, results)
-    protected, splits = _protected_and_splits(size)
-    seen: list[str] = []
-
-    class Spy(cls):  # records what the arena hands the plugin; behaviour unchanged
-        def purify(self, protected: ImageSet, raw: ImageSet | None, ctx: Context) -> Any:
-            seen.append(protected.origin)
-            if raw is not None:
-                seen.append(raw.origin)
-            return super().purify(protected, raw, ctx)
-
-    Spy.__name__ = cls.__name__
+    _param_checks(base_cls, params, results)
+    splits = _splits(size)
+    protected = _protected(splits.train)
+    who = f"exploiter '{name}'"
     with tempfile.TemporaryDirectory() as root:
-        root_p = Path(root)
-        ex = cls(**params)
-        if ex.has_purify:
-            def purify_once() -> Any:
-                p, raw = exploit_inputs([ex], protected, splits)
-                return run_purify([Spy(**params)], p, raw, _ctx(0, root_p))
+        box = _Sandbox(Path(root), splits)
+        cls = box.watched(base_cls, Exploiter)
+        ex = box.call(who, lambda: cls(**params))
 
-            first = _run(results, "purify: uint8, same shape and labels", purify_once)
-            if first is not None:
-                def same_seed() -> str:
-                    p, raw = exploit_inputs([ex], protected, splits)
-                    again = run_purify([cls(**params)], p, raw, _ctx(0, root_p))
-                    if not torch.equal(first.data.images, again.data.images):
-                        raise AssertionError("two runs with seed 0 (fresh caches) gave different images")
-                    return "identical output for seed 0"
+        def purify(data: ImageSet, seed: int) -> Any:
+            def go() -> Any:
+                e = cls(**params)
+                p, raw = exploit_inputs([e], data, splits)
+                return run_purify([e], p, raw, box.ctx(seed))
 
-                _run(results, "purify: deterministic for a seed", same_seed)
+            return box.call(who, go)
 
-            def batch_of_one() -> str:
-                one = protected.subset([0])
-                p, raw = exploit_inputs([ex], one, splits)
-                run_purify([cls(**params)], p, raw, _ctx(0, root_p))
-                return "ok"
+        if ex is not None and ex.has_purify:
+            for seed in SEEDS:
+                first = _run(results, f"purify (seed {seed}): uint8, same shape and labels",
+                             lambda seed=seed: purify(protected, seed))
+                if first is not None:
+                    def same_seed(first: Any = first, seed: int = seed) -> str:
+                        again = purify(protected, seed)
+                        if not torch.equal(first.data.images, again.data.images):
+                            raise AssertionError(f"two runs with seed {seed} (fresh caches) gave different images")
+                        return f"identical output for seed {seed}"
 
-            _run(results, "purify: a batch of one works", batch_of_one)
+                    _run(results, f"purify: deterministic for seed {seed}", same_seed)
+            _run(results, "purify: a batch of one works", lambda: purify(protected.subset([0]), 0) and "ok")
 
-        def only_allowed_data() -> str:
-            bad = [o for o in seen if not (o.startswith(("protected:", "purified:")) or o == "raw")]
-            if bad:
-                raise AssertionError(f"exploiter received '{bad[0]}' data")
-            if "raw" in seen and not ex.uses_raw_pool:
-                raise AssertionError("exploiter received the raw pool without declaring uses_raw_pool")
-            try:
-                exploit_inputs([ex], splits.train, splits)
-            except ArenaErrorTypes:
-                return f"received only {sorted(set(seen)) or ['nothing']}; clean train refused"
-            raise AssertionError("the arena handed clean train images to an exploiter")
-
-        _run(results, "never receives clean train or test images", only_allowed_data)
-        if ex.has_training_mod:
+        if ex is not None and ex.has_training_mod:
             recipe = Recipe(epochs=2, batch_size=8, lr=0.05)
 
-            def train_once() -> list[float]:
-                mod = cls(**params).training_mod(_ctx(0, root_p))
-                mods = [mod] if mod is not None else []
-                torch.manual_seed(0)
-                r = train_victim(_TinyNet(protected.num_classes), protected, splits.test, recipe, seed=0, mods=mods)
-                return r.acc_curve + r.val_curve + sorted(r.extra.values())
+            def train_once(seed: int) -> list[float]:
+                def go() -> list[float]:
+                    mod = cls(**params).training_mod(box.ctx(seed))
+                    mods = [mod] if mod is not None else []
+                    torch.manual_seed(seed)
+                    r = train_victim(_TinyNet(protected.num_classes), protected, splits.test, recipe, seed=seed,
+                                     mods=mods)
+                    return r.acc_curve + r.val_curve + sorted(r.extra.values())
 
-            a = _run(results, "training change: a short victim training runs", train_once)
-            if a is not None:
-                def same() -> str:
-                    b = train_once()
-                    if a != b:
-                        raise AssertionError(f"same seed gave {a} then {b}")
-                    return "identical curves for seed 0"
+                return box.call(who, go)
 
-                _run(results, "training change: deterministic for a seed", same)
+            for seed in SEEDS:
+                a = _run(results, f"training change (seed {seed}): a short victim training runs",
+                         lambda seed=seed: train_once(seed))
+                if a is not None:
+                    def same(a: Any = a, seed: int = seed) -> str:
+                        b = train_once(seed)
+                        if a != b:
+                            raise AssertionError(f"seed {seed} gave {a} then {b}")
+                        return f"identical curves for seed {seed}"
+
+                    _run(results, f"training change: deterministic for seed {seed}", same)
+
+        def only_allowed_data() -> str:
+            box.no_breach()
+            bad = [o for o in box.seen if not (o.startswith(("protected:", "purified:")) or o == "raw")]
+            if bad:
+                raise AssertionError(f"exploiter received '{bad[0]}' data")
+            if "raw" in box.seen and ex is not None and not ex.uses_raw_pool:
+                raise AssertionError("exploiter received the raw pool without declaring uses_raw_pool")
+            try:
+                exploit_inputs([base_cls(**params)], splits.train, splits)
+            except ArenaErrorTypes:
+                return f"received only {sorted(set(box.seen)) or ['nothing']}; clean train refused; no stored split opened"
+            raise AssertionError("the arena handed clean train images to an exploiter")
+
+        _run(results, "never receives clean train or test images (in memory or from files)", only_allowed_data)
+        _run(results, "hooks leave their inputs unchanged", box.unchanged)
     return results
 
 
-
-def check_plugin(kind: str, name: str, params: dict | None = None, *, size: int = 16) -> list[CheckResult]:
-    """Run every contract check for a registered protector or exploiter."""
+def check_plugin(kind: str, name: str, params: dict | None = None, *, size: int = 16,
+                 reg: Registry | None = None) -> list[CheckResult]:
+    """Run every contract check for a registered protector or exploiter (``reg``: the process registry)."""
     if kind == "protector":
-        return check_protector(name, params, size)
+        return check_protector(name, params, size, reg=reg)
     if kind == "exploiter":
-        return check_exploiter(name, params, size)
+        return check_exploiter(name, params, size, reg=reg)
     raise ParamError(f"kind '{kind}': expected 'protector' or 'exploiter'")
 
 
-def assert_conforms(kind: str, name: str, params: dict | None = None, *, size: int = 16) -> list[CheckResult]:
-    results = check_plugin(kind, name, params, size=size)
+def assert_conforms(kind: str, name: str, params: dict | None = None, *, size: int = 16,
+                    reg: Registry | None = None) -> list[CheckResult]:
+    """For a plugin's own test suite: raises with every failed check in one message."""
+    results = check_plugin(kind, name, params, size=size, reg=reg)
     failed = [r for r in results if not r.ok]
     if failed:
         raise AssertionError(f"{kind} '{name}' fails its contract: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))

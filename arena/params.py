@@ -55,6 +55,7 @@ class Param:
 
     def coerce(self, value: Any, owner: str) -> Any:
         where = f"{owner}: param '{self.name}'"
+        shown = show(value)
         if value is None and self.optional:
             return None
         t = self.type
@@ -66,22 +67,34 @@ class Param:
         elif t is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if ok:
-                value = float(value)
+                try:
+                    value = float(value)
+                except OverflowError:  # an int too large for a float (YAML reads 1e999 digits as int)
+                    raise ParamError(f"{where} = {shown}: expected a finite {self.accepted()}") from None
                 if not math.isfinite(value):  # NaN passes every range check: refuse it by name
-                    raise ParamError(f"{where} = {value!r}: expected a finite {self.accepted()}")
+                    raise ParamError(f"{where} = {shown}: expected a finite {self.accepted()}")
         elif t is str:
             ok = isinstance(value, str)
         if not ok:
-            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+            raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
         if self.pattern is not None and isinstance(value, str) and re.fullmatch(self.pattern, value) is None:
-            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+            raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
         if self.choices is not None and value not in self.choices:
-            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+            raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
         if self.low is not None and value < self.low:
-            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+            raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
         if self.high is not None and value > self.high:
-            raise ParamError(f"{where} = {value!r}: expected {self.accepted()}")
+            raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
         return value
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value as it goes into a one-line error: its repr (control characters escaped), shortened."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        text = f"<int of about {value.bit_length() * 3 // 10} digits>" if isinstance(value, int) else "<value>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -94,14 +107,16 @@ class ParamSpec:
         return {p.name: p.default for p in self.params}
 
     def validate(self, values: dict[str, Any] | None, owner: str) -> dict[str, Any]:
-        values = dict(values or {})
+        if values is None:
+            values = {}
         if not isinstance(values, dict):
             raise ParamError(f"{owner}: params must be a mapping, got {type(values).__name__}")
+        values = dict(values)
         by_name = {p.name: p for p in self.params}
-        unknown = sorted(set(values) - set(by_name))
+        unknown = sorted((k for k in values if k not in by_name), key=str)  # YAML keys may be ints, None
         if unknown:
             valid = ", ".join(sorted(by_name)) or "(none)"
-            raise ParamError(f"{owner}: unknown param '{unknown[0]}'; valid params: {valid}")
+            raise ParamError(f"{owner}: unknown param {show(unknown[0])}; valid params: {valid}")
         out = {}
         for p in self.params:
             out[p.name] = p.coerce(values[p.name], owner) if p.name in values else p.default

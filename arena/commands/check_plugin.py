@@ -6,7 +6,7 @@ import argparse
 
 from ..conformance import check_plugin
 from ..params import ArenaError
-from ..registry import get_registry
+from ..registry import get_registry, load_extra_plugins
 from .common import json_params
 
 
@@ -17,12 +17,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="needed only when the name is both a protector and an exploiter (checks both otherwise)")
     p.add_argument("--params", default=None, help="JSON params (use cheap ones: the check runs on CPU)")
     p.add_argument("--size", type=int, default=16, help="side of the tiny synthetic images")
+    p.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="load a plugin that is not installed first: a module name or a .py file, as a "
+                        "tournament's plugins: key takes it (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     reg = get_registry()
+    if args.plugins:  # the same loader as a tournament's driver and workers, relative to where you are
+        load_extra_plugins(reg, args.plugins)
     kinds = [args.kind] if args.kind else [k for k in ("protector", "exploiter") if args.name in reg.tables[k + "s"]]
     if not kinds:
         valid = ", ".join(sorted(set(reg.names("protectors")) | set(reg.names("exploiters"))))

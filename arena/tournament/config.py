@@ -17,8 +17,8 @@ import yaml
 
 from ..data import resolve_root
 from ..labels import distinguishing_labels
-from ..params import ArenaError
-from ..registry import Registry, get_registry
+from ..params import ArenaError, show
+from ..registry import Registry, get_registry, load_extra_plugins, resolve_plugin
 from ..trainer import RECIPE_PARAMS, Recipe
 
 
@@ -41,7 +41,7 @@ TOP_KEYS = {
     "seeds": "list of ints",
     "resources": "cpus_per_trial, gpus_per_trial, max_concurrent",
     "output": "output directory",
-    "plugins": "extra plugin modules to load (import paths)",
+    "plugins": "extra plugin modules to load (module names or .py paths relative to this file)",
     "split_seed": "seed of the train/raw/test split (int)",
 }
 DATASET_KEYS = ("name", "params", "root", "download", "train", "test", "raw_fraction")
@@ -160,9 +160,14 @@ class _V:
         self.path = path
 
     def err(self, key: str, value: Any, accepted: str) -> ConfigError:
-        shown = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+        try:
+            shown = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+        except (TypeError, ValueError):  # keys JSON cannot hold (dates, None), ints past the digit limit
+            shown = show(value, 80)
         if len(shown) > 80:
             shown = shown[:77] + "..."
+        # a key may be any YAML scalar, with newlines and all: the message stays on one line
+        key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(key))
         return ConfigError(f"{self.path}: {key} = {shown}: expected {accepted}")
 
     def mapping(self, v: Any, key: str) -> dict:
@@ -272,16 +277,20 @@ def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the file must hold a mapping of keys ({', '.join(TOP_KEYS)})")
     v.keys(raw, list(TOP_KEYS), "")
-    plugin_modules = [str(m) for m in v.seq(raw.get("plugins"), "plugins", allow_empty=True)]
     if reg is None:
         reg = get_registry()
-    if plugin_modules:
-        from .worker import load_extra_plugins
-
+    # Entries become absolute paths or module names here, so workers (any working directory) load the
+    # very modules the driver validated the rest of the file against.
+    plugin_modules = []
+    for i, m in enumerate(v.seq(raw.get("plugins"), "plugins", allow_empty=True)):
+        if not isinstance(m, str) or not m.strip():
+            raise v.err(f"plugins[{i}]", m, "a module name or a .py path relative to the tournament file")
         try:
-            load_extra_plugins(reg, plugin_modules)
+            entry = resolve_plugin(m, path.parent)
+            load_extra_plugins(reg, [entry])
         except ArenaError as e:
-            raise ConfigError(f"{path}: plugins: {e}") from None
+            raise ConfigError(f"{path}: plugins[{i}]: {e}") from None
+        plugin_modules.append(entry)
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise v.err("name", name, "a non-empty string")

@@ -7,7 +7,6 @@ actor reuses the data it already has.
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 import traceback
@@ -23,22 +22,10 @@ from ..data import cache_root as data_cache_root
 from ..guard import plugin_code
 from ..integrity import IntegrityError, IntegrityViolation, content_hash
 from ..params import ArenaError
-from ..registry import Registry, get_registry
+from ..registry import get_registry, load_extra_plugins
 from ..stages import exploit_inputs, run_protect, run_purify, run_train
 from .grid import CLEAN_ONLY, Cell, ProtectJob, PurifyJob
 from .stagecache import SPLITS, StageCache
-
-
-def load_extra_plugins(reg: Registry, modules: list[str]) -> None:
-    """Import the tournament's ``plugins:`` modules and register them (once per registry)."""
-    for mod_name in modules:
-        if reg.pm.get_plugin(mod_name) is not None:
-            continue
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise ArenaError(f"cannot import plugin module '{mod_name}': {e}") from None
-        reg.register_plugin(mod, name=mod_name)
 
 
 def _error_text(e: BaseException) -> str:
