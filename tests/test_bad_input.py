@@ -204,3 +204,30 @@ def test_imagefolder_names_an_image_over_the_pixel_limit(tmp_path: Path, fresh_c
     assert "\n" not in msg and str(huge) in msg and "pixel limit" in msg, msg
     _, test = _imagefolder(root, size=8, skip_bad=True)
     assert len(test) == 4
+
+
+# --- Ray address -------------------------------------------------------------------------------------------
+
+def _no_ray_cluster_here() -> bool:
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+    return not find_gcs_addresses() and find_bootstrap_address(None) is None
+
+
+@pytest.mark.parametrize("address,needle", [
+    ("127.0.0.1:1", "--address 127.0.0.1:1: no Ray cluster reachable at 127.0.0.1:1 (Connection refused)"),
+    ("auto", "--address auto: no running Ray cluster found on this machine"),
+    ("nonsense", "--address 'nonsense': expected HOST:PORT"),
+])
+def test_unreachable_or_absent_ray_address_is_one_line_within_seconds(tmp_path: Path, address: str,
+                                                                      needle: str) -> None:
+    import time
+
+    if address == "auto" and not _no_ray_cluster_here():
+        pytest.skip("a Ray instance is running on this machine, so 'auto' finds one")
+    p = _write(tmp_path / "t.yaml", {**BASE, "output": "out"})
+    t0 = time.monotonic()
+    r = _cli("tournament", str(p), "--address", address, "--no-live")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert time.monotonic() - t0 < 30, "refused only after Ray's retries"
