@@ -181,10 +181,16 @@ def make_splits(
     return Splits(train=train, raw=raw, test=test, info=info)
 
 
+def decode_cache_dir(key: dict[str, Any]) -> Path:
+    """Where ``cached_decode`` keeps the arrays for ``key``; a loader may keep its own notes beside them
+    (e.g. which files it skipped) so a cache hit can report what the first decode found."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_root() / "datasets" / f"{key.get('name', 'data')}-{digest}"
+
+
 def cached_decode(key: dict[str, Any], decode: Callable[[], tuple[ImageSet, ImageSet]]) -> tuple[ImageSet, ImageSet]:
     """Decode once, then reload uint8 arrays: decoding 60k JPEGs takes a minute, loading arrays a second."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    d = cache_root() / "datasets" / f"{key.get('name', 'data')}-{digest}"
+    d = decode_cache_dir(key)
     tr, te = d / "train.npz", d / "test.npz"
     if tr.exists() and te.exists():
         return ImageSet.load(tr), ImageSet.load(te)

@@ -17,7 +17,19 @@ the fully convolutional encoder directly at the photo's resolution; the encoder'
 output bound holds at any size, and the written file is checked like every other.
 
 Files. Relative paths and formats are kept (PNG stays PNG, JPEG stays JPEG, ...); images are converted
-to RGB for protection (an alpha channel is carried over unchanged). Lossy formats are written at the
+to RGB for protection (an alpha channel is carried over unchanged). A grayscale photo (L, LA, 1, I, F) is
+protected as three equal channels, because protectors and encoders work on RGB, and written back as
+grayscale: its noise is the luma (0.299 R + 0.587 G + 0.114 B) of the RGB noise, a convex combination, so
+the L-inf budget still holds and no colour noise appears on a grey photo.
+
+Metadata. Identifying metadata (EXIF, which holds GPS position, camera and serial number, date; XMP;
+JPEG comments; PNG text chunks) is dropped unless ``keep_metadata``: people protecting their photos
+publish the outputs, and a protection that leaks where the photo was taken would defeat its purpose.
+Kept always: DPI, the ICC colour profile, and the EXIF orientation tag alone (without it a rotated
+phone photo would display sideways).
+
+Existing files. Nothing in DST is overwritten unless ``overwrite``: every destination is checked before
+anything is written, so a refused run leaves DST as it was. Lossy formats are written at the
 highest quality (JPEG q100, 4:4:4); if the codec's own rounding pushes a pixel past the budget, the noise
 is shrunk by the excess and the file re-written (a few rounds), so the budget is checked on the decoded
 bytes actually written. Each file is written to a temporary name in the destination folder and renamed
@@ -30,6 +42,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +83,10 @@ class FolderSummary:
     working_size: int
     files: list[PhotoResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # non-image files
+    bad: list[str] = field(default_factory=list)  # "path: reason" of undecodable images skipped (skip_bad)
+    metadata_kept: bool = False
+    stripped: list[str] = field(default_factory=list)  # files whose identifying metadata was dropped
+    gray: int = 0  # grayscale photos written back as grayscale
     seconds: float = 0.0
 
     @property
@@ -101,6 +118,21 @@ def check_folders(src: Path, dst: Path) -> tuple[Path, Path]:
     return src, dst
 
 
+def check_destinations(src: Path, dst: Path, overwrite: bool = False) -> list[Path]:
+    """Refuse, before anything is written, a run that would replace a file already in DST: a second run
+    into the same folder, or a folder of other photos, must not lose them silently. Returns the image
+    files under ``src`` (relative)."""
+    src, dst = check_folders(src, dst)
+    rels, _ = scan(src)
+    if not overwrite and dst.is_dir():
+        taken = [r for r in rels if (dst / r).exists()]
+        if taken:
+            more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+            raise ArenaError(f"destination file {dst / taken[0]} already exists{more}; pass --overwrite to "
+                             "replace it, or choose a new DST_DIR")
+    return rels
+
+
 def scan(src: Path) -> tuple[list[Path], list[Path]]:
     """Image files (by extension, sorted, recursive) and the other files, both relative to ``src``."""
     images, other = [], []
@@ -114,27 +146,85 @@ def scan(src: Path) -> tuple[list[Path], list[Path]]:
     return images, other
 
 
+GRAY_MODES = {"L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+ORIENTATION = 0x0112  # the one EXIF tag kept when metadata is stripped
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, what PIL's convert("L") uses
+
+
 @dataclass
 class _Photo:
     rel: Path
-    rgb: torch.Tensor  # uint8 3 x H x W
+    rgb: torch.Tensor  # uint8 3 x H x W (three equal channels for a grayscale photo)
     alpha: np.ndarray | None
     format: str
     info: dict[str, Any]
+    gray: bool = False
+    stripped: bool = False  # identifying metadata was present and is not written
 
 
-def _read(src: Path, rel: Path) -> _Photo:
-    from PIL import Image, UnidentifiedImageError
+def _metadata(im: Any, keep: bool) -> tuple[dict[str, Any], bool]:
+    """The save() keywords that carry the metadata over, and whether identifying metadata was dropped."""
+    from PIL import Image, PngImagePlugin
 
+    info: dict[str, Any] = {k: v for k, v in im.info.items() if k in ("dpi", "icc_profile")}
+    text = {k: v for k, v in getattr(im, "text", {}).items() if isinstance(v, str)} if im.format == "PNG" else {}
+    identifying = {k: v for k, v in im.info.items() if k in ("exif", "xmp", "XML:com.adobe.xmp", "comment")}
+    if keep:
+        info.update(identifying)
+        if text:
+            png = PngImagePlugin.PngInfo()
+            for k, v in text.items():
+                png.add_text(k, v)
+            info["pnginfo"] = png
+        return info, False
+    orientation = im.getexif().get(ORIENTATION) if "exif" in im.info else None
+    if orientation not in (None, 1):
+        exif = Image.Exif()
+        exif[ORIENTATION] = orientation
+        info["exif"] = exif.tobytes()
+    return info, bool(identifying or text)
+
+
+class BadImage(ArenaError):
+    """An image that cannot be decoded: one line naming it, and the bare ``reason`` for a skip list."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.reason = reason
+
+
+def read_photo(src: Path, rel: Path, keep_metadata: bool = False) -> _Photo:
+    """Decode one photo; any failure (a codec can raise almost anything on a crafted file) or an image over
+    PIL's pixel limit is one line naming the file."""
+    from PIL import Image
+
+    path = src / rel
     try:
-        with Image.open(src / rel) as im:
-            fmt = im.format or "PNG"
-            info = {k: v for k, v in im.info.items() if k in ("dpi", "icc_profile", "exif")}
-            alpha = np.asarray(im.getchannel("A")).copy() if im.mode in ("RGBA", "LA", "PA") else None
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ArenaError(f"cannot read image {src / rel}: {str(e).splitlines()[0]}") from None
-    return _Photo(rel, torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous(), alpha, fmt, info)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # huge: name it, do not decode it
+            with Image.open(path) as im:
+                fmt = im.format or "PNG"
+                info, stripped = _metadata(im, keep_metadata)
+                gray = im.mode in GRAY_MODES
+                alpha = np.asarray(im.getchannel("A")).copy() if im.mode in ("RGBA", "LA", "PA") else None
+                if im.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits
+                    im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
+                elif gray and im.mode not in ("L", "LA"):
+                    im = im.convert("L")
+                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(path, f"over PIL's pixel limit (Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): "
+                             f"{_first_line(e)}") from None
+    except MemoryError:
+        raise BadImage(path, "out of memory while decoding") from None
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise BadImage(path, _first_line(e).replace(f" {str(path)!r}", "")) from None
+    return _Photo(rel, torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous(), alpha, fmt, info, gray, stripped)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _resize_u8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -167,17 +257,21 @@ def _encode_bytes(img: Any, fmt: str, info: dict[str, Any]) -> bytes:
 def _to_pil(rgb: torch.Tensor, alpha: np.ndarray | None, fmt: str) -> Any:
     from PIL import Image
 
-    arr = rgb.permute(1, 2, 0).contiguous().numpy()
-    im = Image.fromarray(arr, "RGB")
+    if rgb.shape[0] == 1:
+        im = Image.fromarray(rgb[0].contiguous().numpy(), "L")
+    else:
+        im = Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy(), "RGB")
     if alpha is not None and fmt not in ("JPEG",):
         im.putalpha(Image.fromarray(alpha))
     return im
 
 
-def _decode_bytes(data: bytes) -> torch.Tensor:
+def _decode_bytes(data: bytes, gray: bool = False) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
+        if gray:
+            return torch.from_numpy(np.asarray(im.convert("L"), dtype=np.uint8).copy())[None]
         return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
@@ -186,20 +280,23 @@ def _write(photo: _Photo, delta: torch.Tensor, budget: Budget, dst: Path, rounds
     pushed pixels past the budget. Returns the decoded written pixels and the format used."""
     fmt = photo.format
     lim = math.floor(budget.value * 255 + 1e-6) if budget.kind == "linf" else None
+    base = photo.rgb[:1] if photo.gray else photo.rgb
+    if photo.gray:  # one grey channel: the luma of the RGB noise (a convex combination keeps the bound)
+        delta = sum(w * delta[i] for i, w in enumerate(LUMA))[None]
     shrink = 0
-    data, written = b"", photo.rgb
+    data, written = b"", base
     for _ in range(rounds):
         eps = None if lim is None else max(0, lim - shrink) / 255.0
-        out = quantize(photo.rgb[None], delta[None], eps)[0]
+        out = quantize(base[None], delta[None], eps)[0]
         try:
             data = _encode_bytes(_to_pil(out, photo.alpha, fmt), fmt, photo.info)
         except (OSError, KeyError, ValueError):  # a format PIL reads but cannot write: keep bytes lossless
             fmt = "PNG"
             data = _encode_bytes(_to_pil(out, photo.alpha, fmt), fmt, {})
-        written = _decode_bytes(data)
+        written = _decode_bytes(data, photo.gray)
         if lim is None:
             break
-        excess = int((written.int() - photo.rgb.int()).abs().max()) - lim
+        excess = int((written.int() - base.int()).abs().max()) - lim
         if excess <= 0:
             break
         shrink += excess
@@ -209,7 +306,7 @@ def _write(photo: _Photo, delta: torch.Tensor, budget: Budget, dst: Path, rounds
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, target)
-    return written, fmt
+    return (written.expand(3, -1, -1) if photo.gray else written), fmt
 
 
 def _labels_from_folders(rels: list[Path]) -> tuple[list[int], list[str]]:
@@ -225,15 +322,20 @@ def _labels_from_folders(rels: list[Path]) -> tuple[list[int], list[str]]:
 
 
 def protect_folder(protector: Protector, src: Path, dst: Path, ctx: Context, *, encoder: Encoder | None = None,
-                   mode: str = "resize", size: int | None = None) -> FolderSummary:
+                   mode: str = "resize", size: int | None = None, overwrite: bool = False,
+                   keep_metadata: bool = False, skip_bad: bool = False) -> FolderSummary:
     """Protect every image under ``src`` into ``dst`` (same relative names and formats) and measure it.
 
     ``encoder``: a trained encoder for protectors with ``supports_encoder`` (required for them).
     ``size``: working side for the noise; default the encoder's training size, else 32.
+    ``overwrite``: replace files already in ``dst`` (else refused before anything is written).
+    ``keep_metadata``: copy EXIF, XMP, comments and PNG text (else dropped; see the module docstring).
+    ``skip_bad``: leave undecodable images out (listed in ``summary.bad``) instead of refusing the folder.
     """
     t0 = time.perf_counter()
     if mode not in MODES:
         raise ArenaError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    check_destinations(src, dst, overwrite)
     src, dst = check_folders(src, dst)
     rels, other = scan(src)
     if not rels:
@@ -244,7 +346,17 @@ def protect_folder(protector: Protector, src: Path, dst: Path, ctx: Context, *, 
     if not protector.supports_encoder and mode == "full":
         raise ArenaError(f"mode 'full' needs an encoder; protector '{protector.name}' has none (use 'resize')")
     work = int(size or getattr(encoder, "image_size", None) or 32)
-    photos = [_read(src, r) for r in rels]
+    photos, bad = [], []
+    for r in rels:
+        try:
+            photos.append(read_photo(src, r, keep_metadata))
+        except BadImage as e:
+            if not skip_bad:
+                raise ArenaError(f"{e}; pass --skip-bad to leave undecodable images out") from None
+            bad.append(f"{r}: {e.reason}")
+    if not photos:
+        raise ArenaError(f"none of the {len(rels)} images under {src} could be decoded (first: {bad[0]})")
+    rels = [p.rel for p in photos]
     shapes = [tuple(p.rgb.shape[-2:]) for p in photos]
     small = torch.stack([_resize_u8(p.rgb, (work, work)) for p in photos])
 
@@ -273,7 +385,8 @@ def protect_folder(protector: Protector, src: Path, dst: Path, ctx: Context, *, 
         deltas = [_resize_noise(noise[i], shapes[i]) for i in range(len(photos))]
 
     summary = FolderSummary(str(src), str(dst), protector.name, budget.describe(), mode, work,
-                            skipped=[str(o) for o in other])
+                            skipped=[str(o) for o in other], bad=bad, metadata_kept=keep_metadata,
+                            stripped=[str(p.rel) for p in photos if p.stripped], gray=sum(p.gray for p in photos))
     task = ctx.progress.task(f"protect: writing {dst.name}", total=len(photos))
     try:
         for p, d in zip(photos, deltas):

@@ -72,6 +72,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -215,15 +216,24 @@ class ConfounderEncoder(Encoder):
         path = Path(path)
         if not path.is_file():
             raise ArenaError(f"confoundergan: generator file {path} does not exist")
+        not_ours = (f"confoundergan: {path} is not a saved ConfounderGAN generator (make one with "
+                    "`arena protect --with confoundergan --train-on DATASET --save FILE`)")
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is one user error
-            raise ArenaError(f"confoundergan: cannot read generator file {path}: {str(e).splitlines()[0]}") from None
+            # torch's own message here is a page about weights_only and trusting the source; for a file
+            # that is not one of ours the user needs only to know that
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": a second line on stderr
+                warnings.simplefilter("ignore")
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - any unreadable file is one user error
+            raise ArenaError(not_ours) from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise ArenaError(f"confoundergan: {path} is not a saved ConfounderGAN generator")
-        cfg = blob["config"]
-        g = Generator(cfg["in_channels"], tuple(cfg["widths"]), cfg["blocks"], cfg["eps"])
-        g.load_state_dict(blob["state_dict"])
+            raise ArenaError(not_ours)
+        try:
+            cfg = blob["config"]
+            g = Generator(cfg["in_channels"], tuple(cfg["widths"]), cfg["blocks"], cfg["eps"])
+            g.load_state_dict(blob["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ArenaError(f"confoundergan: {path} is a damaged generator file ({type(e).__name__})") from None
         return cls(g, cfg, device)
 
 

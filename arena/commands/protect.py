@@ -16,7 +16,7 @@ from ..codehash import CodeHasher
 from ..context import Context
 from ..data import cache_root
 from ..params import ArenaError
-from ..photos import MODES, protect_folder
+from ..photos import MODES, check_destinations, protect_folder
 from ..progress import RichProgress
 from ..registry import get_registry
 from .common import json_params, load_splits, pick_device
@@ -39,10 +39,15 @@ images of any size:
 files:
   every image under SRC_DIR (.png .jpg .jpeg .bmp .gif .webp .tif .tiff .ppm, recursively) is
   written to the same relative path under DST_DIR in the same format; other files are skipped.
-  RGB is protected, an alpha channel is copied unchanged; JPEG is written at quality 100 (4:4:4),
+  RGB is protected, an alpha channel is copied unchanged; a grayscale photo is protected as three
+  equal channels and written back as grayscale (its noise is the luma of the RGB noise, so no colour
+  noise appears on a grey photo); JPEG is written at quality 100 (4:4:4),
   WebP lossless, and the budget is re-checked on the decoded written file (the noise is shrunk
   if the codec's rounding would exceed it). DST_DIR may not be SRC_DIR, lie inside it or contain
-  it. The PSNR/SSIM and L-inf change of every written file are printed.
+  it. The PSNR/SSIM and L-inf change of every written file are printed. A file already in DST_DIR
+  is never replaced without --overwrite (all destinations are checked before anything is written).
+  Identifying metadata (EXIF incl. GPS and camera, XMP, comments, PNG text) is stripped unless
+  --keep-metadata. An undecodable image stops the run with its name unless --skip-bad.
 """
 
 
@@ -68,6 +73,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "full: run the encoder at each photo's own resolution")
     p.add_argument("--size", type=int, default=None,
                    help="working side in px (default: the encoder's training size, else 32)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files already in DST_DIR (and an existing --save file); without it such a run "
+                        "is refused before anything is written")
+    p.add_argument("--keep-metadata", action="store_true",
+                   help="copy EXIF (GPS position, camera, date), XMP, comments and PNG text chunks into the "
+                        "outputs; by default they are stripped (DPI, colour profile and orientation are kept)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave images that cannot be decoded out (named in the summary) instead of refusing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
@@ -105,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
             raise ArenaError(f"--save {args.save}: is a folder; give a file name such as G.pt")
         if args.model and not Path(args.model).expanduser().is_file():
             raise ArenaError(f"--model {args.model}: no such file")
+        if args.save and Path(args.save).expanduser().exists() and not args.overwrite:
+            raise ArenaError(f"--save {args.save}: file already exists; pass --overwrite to replace it")
+    if has_folders:  # before training or saving anything: a refused run writes nothing
+        check_destinations(Path(args.src), Path(args.dst), args.overwrite)
 
     progress = RichProgress(console=console, transient=True)
     code = CodeHasher(get_registry()).entry("protectors", protector.name)  # an edited plugin's cache is not reused
@@ -133,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         summary = None
         if has_folders:
             summary = protect_folder(protector, Path(args.src), Path(args.dst), ctx, encoder=encoder,
-                                     mode=args.mode, size=args.size)
+                                     mode=args.mode, size=args.size, overwrite=args.overwrite,
+                                     keep_metadata=args.keep_metadata, skip_bad=args.skip_bad)
     finally:
         progress.stop()
     if summary is not None:
@@ -147,5 +165,17 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{len(summary.files)} images protected ({summary.budget}, mode {summary.mode}, working size "
                       f"{summary.working_size}px) in {summary.seconds:.1f} s: mean PSNR [bold]{summary.psnr:.2f}[/] dB, "
                       f"mean SSIM [bold]{summary.ssim:.4f}[/], max L-inf {summary.max_linf * 255:.0f}/255"
-                      + (f"; {len(summary.skipped)} non-image files skipped" if summary.skipped else ""))
+                      + (f"; {len(summary.skipped)} non-image files skipped" if summary.skipped else "")
+                      + (f"; {summary.gray} grayscale kept grayscale" if summary.gray else ""))
+        if summary.metadata_kept:
+            console.print("metadata kept (--keep-metadata): EXIF, XMP, comments and PNG text were copied as they were")
+        elif summary.stripped:
+            console.print(f"identifying metadata (EXIF incl. GPS and camera, XMP, comments, PNG text) stripped from "
+                          f"{len(summary.stripped)} of {len(summary.files)} files; --keep-metadata keeps it")
+        else:
+            console.print("no identifying metadata found (EXIF, XMP, comments, PNG text would have been stripped)")
+        if summary.bad:
+            console.print(f"[bold]{len(summary.bad)} undecodable images skipped[/] (--skip-bad):")
+            for line in summary.bad:
+                console.print(f"  {line}", markup=False, highlight=False)
     return 0

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import socket
 import subprocess
 import time
 from collections import Counter, deque
@@ -27,6 +28,7 @@ from ..commands.common import load_splits
 from ..diagnostics import is_weak
 from ..integrity import IntegrityError
 from ..leaderboard import finished_keys, move_aside_bad_rows, write_row
+from ..params import ArenaError
 from ..registry import get_registry
 from .config import ConfigError, TournamentConfig
 from .grid import Cell, Grid, ProtectJob, PurifyJob, content_key, expand, resolve_precision
@@ -101,14 +103,48 @@ def _init_ray(address: str | None, cfg: TournamentConfig) -> None:
     for var in ("ARENA_PLUGINS", "ARENA_DISABLE_PLUGIN_AUTOLOAD", "ARENA_CACHE", "ARENA_DATA"):
         if var in os.environ:
             env[var] = os.environ[var]
+    flag = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=bool(os.environ.get("ARENA_RAY_LOG")),
                                   logging_level=logging.ERROR, runtime_env={"env_vars": env})
-    if address:
-        ray.init(address=address, **kwargs)
+    if address and address != "local":
+        _check_ray_address(address, flag)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ArenaError(f"{flag} {address}: cannot join the Ray cluster: {first}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
                  object_store_memory=256 * 1024 * 1024, **kwargs)
+
+
+def _check_ray_address(address: str, flag: str = "--address", timeout_s: float = 3.0) -> None:
+    """Refuse an address nobody answers on, in seconds. ``ray.init`` itself retries an unreachable GCS
+    for minutes while printing only Ray's C++ warnings, and turns ``auto`` without a cluster into a
+    traceback; a plain TCP connect to the bootstrap port tells the user the same thing at once."""
+    hint = "start one with `ray start --head`, or leave out --address and RAY_ADDRESS for a local instance"
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto") or ""
+        except ConnectionError:
+            raise ArenaError(f"{flag} auto: no running Ray cluster found on this machine; {hint}") from None
+        except (ImportError, AttributeError):  # a Ray without this helper: let ray.init decide
+            return
+    if target.startswith("ray://"):
+        target = target[len("ray://"):]
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ArenaError(f"{flag} {address!r}: expected HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ArenaError(f"{flag} {address}: no Ray cluster reachable at {host}:{port} ({reason}); {hint}") from None
 
 
 def _check_resources(cfg: TournamentConfig) -> int:
