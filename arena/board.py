@@ -255,7 +255,7 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
         arch_s: dict[tuple[str, str], set[Any]] = defaultdict(set)
         for r in rs:
             arch_e[r["architecture_label"]].add(r["exploiter_label"])
-            arch_s[(r["architecture_label"], r["exploiter_label"])].add(r["seed"])
+            arch_s[(r["architecture_label"], r["exploiter_label"])].add(r.get("seed"))
         per_prot: dict[str, list[dict]] = defaultdict(list)
         for r in rs:
             per_prot[r["protector_label"]].append(r)
@@ -263,7 +263,7 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
         for p, prs in per_prot.items():
             have: dict[tuple[str, str, Any], list[dict]] = defaultdict(list)
             for r in prs:
-                have[(r["exploiter_label"], r["architecture_label"], r["seed"])].append(r)
+                have[(r["exploiter_label"], r["architecture_label"], r.get("seed"))].append(r)
             missing = []
             for a in sorted({r["architecture_label"] for r in prs}):
                 for e in _none_first(sorted(arch_e[a])):
@@ -305,7 +305,7 @@ def _exploiter_ranking(setting: dict[str, Any], rs: list[dict[str, Any]], metric
         v = value(r, metric) if r["status"] == "ok" else None
         if v is None or r["protector"] == BASELINE:
             continue
-        by_seed[(r["exploiter_label"], r["protector_label"], r["architecture_label"], r["seed"])] = v
+        by_seed[(r["exploiter_label"], r["protector_label"], r["architecture_label"], r.get("seed"))] = v
         acc[r["exploiter_label"]][(r["protector_label"], r["architecture_label"])].append(v)
     none_label = next((r["exploiter_label"] for r in rs if r["exploiter"] == BASELINE), BASELINE)
     out = []

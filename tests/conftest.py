@@ -68,3 +68,19 @@ class Recorder(Progress):
 
         return _T()
 
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """An embedded Ray instance for one test module, started from the checkout root so workers import the
+    ``tests.*`` plugin modules the tournaments name."""
+    from pathlib import Path
+
+    import ray
+
+    from arena.tournament.runner import _init_ray
+
+    os.chdir(Path(__file__).resolve().parents[1])
+    _init_ray(None, None)
+    yield
+    ray.shutdown()

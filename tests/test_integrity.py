@@ -35,20 +35,6 @@ def _cfg(tmp: Path, out: str, **change):
     return load_config(p)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import os
-
-    import ray
-
-    from arena.tournament.runner import _init_ray
-
-    os.chdir(ROOT)  # workers import tests.integrity_plugins from here
-    _init_ray(None, None)
-    yield
-    ray.shutdown()
-
-
 def _by(rows):
     return {(r["protector"], r["exploiter"]): r for r in rows}
 

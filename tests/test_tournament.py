@@ -40,18 +40,6 @@ def _write(tmp: Path, cfg: dict, name: str = "t.yaml") -> Path:
     return p
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from arena.tournament.runner import _init_ray
-
-    os.chdir(ROOT)  # workers import tests.arena_test_plugins from here
-    _init_ray(None, None)
-    yield
-    ray.shutdown()
-
-
 def test_grid_runs_each_stage_once_records_failures_and_reruns_free(tmp_path: Path, ray_local) -> None:
     cfg = load_config(_write(tmp_path, {**BASE, "output": str(tmp_path / "out")}))
     s = run_tournament(cfg, live=False)
