@@ -260,11 +260,13 @@ class ZeroesItsInput(Protector):
 
 class ExploiterSeedOne(Exploiter):
     name = "cheat-exploiter-seed-one"
+    calls = 0
 
     def purify(self, protected, raw, ctx):
         out = protected.images.clone()
-        if ctx.seed == 1:
-            out[0, 0, 0, 0] = (int(out[0, 0, 0, 0]) + 1 + ctx.generator().seed() % 7) % 256  # not reproducible
+        if ctx.seed == 1:  # not reproducible: each call on seed 1 changes a pixel by a different amount
+            type(self).calls += 1
+            out[0, 0, 0, 0] = (int(out[0, 0, 0, 0]) + type(self).calls) % 256
         return out
 
 
