@@ -37,9 +37,10 @@ def price(rows_dir: str) -> None:
     from arena.leaderboard import read_rows
 
     rows = [r for r in read_rows(rows_dir) if r["status"] == "ok"]
-    protect = {r["protector_params"] + r["protector"]: r["protect_s"] or 0.0 for r in rows}
-    purify = {(r["protector"], r["protector_params"], r["exploiter"], r["exploiter_params"]): r["purify_s"] or 0.0
-              for r in rows}
+    # one protect stage per protector entry and seed, one purify per protected set and exploiter entry
+    protect = {(r["protector"], r["protector_params"], r["seed"]): r["protect_s"] or 0.0 for r in rows}
+    purify = {(r["protector"], r["protector_params"], r["exploiter"], r["exploiter_params"], r["seed"]):
+              r["purify_s"] or 0.0 for r in rows}
     train = sum(r["train_s"] or 0.0 for r in rows)
     dag_s = sum(protect.values()) + sum(purify.values()) + train
     naive_s = sum((r["protect_s"] or 0.0) + (r["purify_s"] or 0.0) + (r["train_s"] or 0.0) for r in rows)
