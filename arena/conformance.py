@@ -67,6 +67,22 @@ class _TinyNet(nn.Module):
 #: Seeds every stage check runs under: a plugin that breaks (or is not reproducible) for one seed only fails.
 SEEDS = (0, 1)
 
+
+def _every_seed(results: list[CheckResult], contract: str, determinism: str, run: Callable[[int], Any]) -> None:
+    """For each of :data:`SEEDS`: the stage keeps its contract, and a second run on the same seed (fresh
+    caches) gives the same images. A plugin that breaks only on seed 1 fails here."""
+    for seed in SEEDS:
+        first = _run(results, contract.format(seed=seed), lambda seed=seed: run(seed))
+        if first is None:
+            continue
+
+        def same_seed(first: Any = first, seed: int = seed) -> str:
+            if not torch.equal(first.data.images, run(seed).data.images):
+                raise AssertionError(f"two runs with seed {seed} (fresh caches) gave different images")
+            return f"identical output for seed {seed}"
+
+        _run(results, determinism.format(seed=seed), same_seed)
+
 # The data arguments of each hook, by position: hashed before and after every call.
 _HOOK_ARGS = {"budget": ("train",), "protect": ("train",), "fit": ("train",), "purify": ("protected", "raw")}
 
@@ -206,17 +222,8 @@ def check_protector(name: str, params: dict | None = None, size: int = 16, *, re
         def protect(data: ImageSet, seed: int) -> Any:
             return box.call(who, lambda: run_protect(cls(**params), data, box.ctx(seed)))
 
-        for seed in SEEDS:
-            first = _run(results, f"protect (seed {seed}): uint8, same shape and labels, budget holds after "
-                         "quantization", lambda seed=seed: protect(train, seed))
-            if first is not None:
-                def same_seed(first: Any = first, seed: int = seed) -> str:
-                    again = protect(train, seed)
-                    if not torch.equal(first.data.images, again.data.images):
-                        raise AssertionError(f"two runs with seed {seed} (fresh caches) gave different images")
-                    return f"identical output for seed {seed}"
-
-                _run(results, f"deterministic for seed {seed}", same_seed)
+        _every_seed(results, "protect (seed {seed}): uint8, same shape and labels, budget holds after quantization",
+                    "deterministic for seed {seed}", lambda seed: protect(train, seed))
         _run(results, "a batch of one works", lambda: protect(train.subset([0], origin="train"), 0) and "ok")
 
         def refuses_other_splits() -> str:
@@ -261,17 +268,8 @@ def check_exploiter(name: str, params: dict | None = None, size: int = 16, *, re
             return box.call(who, go)
 
         if ex is not None and ex.has_purify:
-            for seed in SEEDS:
-                first = _run(results, f"purify (seed {seed}): uint8, same shape and labels",
-                             lambda seed=seed: purify(protected, seed))
-                if first is not None:
-                    def same_seed(first: Any = first, seed: int = seed) -> str:
-                        again = purify(protected, seed)
-                        if not torch.equal(first.data.images, again.data.images):
-                            raise AssertionError(f"two runs with seed {seed} (fresh caches) gave different images")
-                        return f"identical output for seed {seed}"
-
-                    _run(results, f"purify: deterministic for seed {seed}", same_seed)
+            _every_seed(results, "purify (seed {seed}): uint8, same shape and labels",
+                        "purify: deterministic for seed {seed}", lambda seed: purify(protected, seed))
             _run(results, "purify: a batch of one works", lambda: purify(protected.subset([0]), 0) and "ok")
 
         if ex is not None and ex.has_training_mod:
