@@ -23,7 +23,7 @@ def grid_rows(path: Path, tournament: str | Path, rows: list[dict[str, Any]]) ->
     """(rows of the grid plus one ``absent`` row per missing cell, counts of what was left out)."""
     from .registry import get_registry
     from .tournament.config import load_config
-    from .tournament.grid import expand
+    from .tournament.grid import expand, resolve_precision
     from .tournament.runner import cell_columns, prepare_data
     from .tournament.stagecache import StageCache
 
@@ -31,7 +31,10 @@ def grid_rows(path: Path, tournament: str | Path, rows: list[dict[str, Any]]) ->
     own = Path(path) / ".cache" if Path(path).is_dir() else None
     with tempfile.TemporaryDirectory(prefix="arena-board-") as tmp:
         cache = StageCache(own if own is not None and own.is_dir() else Path(tmp))
-        grid = expand(cfg, prepare_data(cfg, cache), get_registry())
+        data_keys = prepare_data(cfg, cache)
+        # the precision a run decides (amp: auto) is part of every cell key, so decide it the same way
+        amp = resolve_precision(cfg, {i: cache.data_dir(k) for i, k in data_keys.items()})
+        grid = expand(cfg, data_keys, get_registry(), amp=amp)
     inside = [r for r in rows if r.get("cell_key") in grid.cells]
     stale = [r for r in rows if r.get("cell_key") not in grid.cells and r.get("tournament") == cfg.name]
     have = {r["cell_key"] for r in inside}

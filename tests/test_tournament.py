@@ -65,6 +65,11 @@ def test_grid_runs_each_stage_once_records_failures_and_reruns_free(tmp_path: Pa
     assert {r["architecture_label"] for r in rows} == {"cnn-small"}
     again = run_tournament(cfg, live=False)
     assert again.ran == 0 and again.skipped == 8 and not any(again.stages.values())
+    # the board's --tournament filter expands the grid exactly as the run did (precision included)
+    from arena.gridrows import grid_rows
+
+    _, info = grid_rows(tmp_path / "out", cfg.path, rows)
+    assert (info["in_grid"], info["stale"], info["absent"]) == (8, 0, 0), info
     mats = matrices(rows)
     assert mats[0]["cells"]["test-boom"]["none"]["status"] == "failed"
     ranks = rankings(rows)
