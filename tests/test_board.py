@@ -222,7 +222,7 @@ def test_compare_a_run_with_itself_reports_no_change(tmp_path: Path, capsys: pyt
 def test_tournament_flag_keeps_only_the_current_grids_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from arena.registry import get_registry
     from arena.tournament.config import load_config
-    from arena.tournament.grid import expand
+    from arena.tournament.grid import expand, resolve_precision
     from arena.tournament.runner import cell_columns, prepare_data
     from arena.tournament.stagecache import StageCache
 
@@ -232,7 +232,9 @@ def test_tournament_flag_keeps_only_the_current_grids_rows(tmp_path: Path, capsy
                                    "protectors": ["none", "classwise-noise"], "exploiters": ["none"],
                                    "architectures": ["cnn-small"], "seeds": [0]}))
     cfg = load_config(yml)
-    grid = expand(cfg, prepare_data(cfg, StageCache(tmp_path / "c")), get_registry())
+    cache = StageCache(tmp_path / "c")
+    keys = prepare_data(cfg, cache)  # the cell as a run keys it, its decided precision included
+    grid = expand(cfg, keys, get_registry(), amp=resolve_precision(cfg, {i: cache.data_dir(k) for i, k in keys.items()}))
     cell = next(c for c in grid.cells.values() if c.protector.name == "none")
     good = {**row(acc=0.9), **cell_columns(cell), "tournament": "g"}
     stale = {**good, "cell_key": "0" * 20, "clean_acc": 0.1}  # an older grid's row of the same cell
