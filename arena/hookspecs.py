@@ -38,4 +38,6 @@ def arena_register_datasets(register: Callable[..., None]) -> None:
 
 @hookspec
 def arena_cell_finished(row: dict) -> None:
-    """Observer: called with the leaderboard row of every finished cell (ok, failed or invalid)."""
+    """Observer: called on the driver with the leaderboard row of every finished cell (ok, failed, invalid),
+    after the row is written. An observer that raises is reported in one line and skipped; the tournament
+    and the other observers go on."""

@@ -326,8 +326,17 @@ class Registry:
             out.append(PluginInfo(name, src, str(ver), hooks, self.plugin_registered.get(name, {})))
         return sorted(out, key=lambda p: p.name)
 
-    def cell_finished(self, row: dict) -> None:
-        self.pm.hook.arena_cell_finished(row=row)
+    def cell_finished(self, row: dict) -> list[str]:
+        """Call every observer with the row; one that raises is skipped, never the tournament's end: the row is
+        already written, and a logging plugin's bug must not stop the grid. Returns one line per failure."""
+        failures = []
+        for impl in self.pm.hook.arena_cell_finished.get_hookimpls():
+            try:
+                impl.function(row=row)
+            except Exception as e:  # noqa: BLE001 - any observer failure is reported and skipped
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                failures.append(f"observer '{impl.plugin_name}' raised {type(e).__name__}: {msg}")
+        return failures
 
 
 _REGISTRY: Registry | None = None

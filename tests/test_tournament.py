@@ -216,3 +216,24 @@ def test_rows_keep_protect_diagnostics_and_mark_a_stage_cut_short_weak(tmp_path:
     assert by["none"]["weak"] is False and by["classwise-noise"]["weak"] is False
     # the arena's own measure of the shortcut: class-wise noise predicts held-out labels perfectly
     assert by["classwise-noise"]["noise_separability"] == 1.0 and by["none"]["noise_separability"] is None
+
+
+def test_a_raising_observer_is_reported_and_skipped(tmp_path: Path, ray_local) -> None:
+    """An ``arena_cell_finished`` bug in a logging plugin must not end the grid or silence other observers."""
+    seen = tmp_path / "seen.txt"
+    (tmp_path / "observers.py").write_text(
+        "from arena import hookimpl\n\n"
+        "@hookimpl\ndef arena_cell_finished(row):\n    raise RuntimeError('logger down')\n")
+    (tmp_path / "recorder.py").write_text(
+        "from arena import hookimpl\n\n"
+        f"@hookimpl\ndef arena_cell_finished(row):\n    open({str(seen)!r}, 'a').write(row['cell_key'] + '\\n')\n")
+    cfg = load_config(_write(tmp_path, {**BASE, "output": str(tmp_path / "out"), "protectors": ["none"],
+                                        "exploiters": ["none"], "plugins": ["observers.py", "recorder.py"]}))
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    s = run_tournament(cfg, live=False, console=console)
+    assert s.statuses["ok"] == 1
+    text = console.export_text()
+    assert "observer 'observers' raised RuntimeError: logger down" in text
+    assert seen.read_text().split() == [r["cell_key"] for r in read_rows(tmp_path / "out")]

@@ -272,7 +272,8 @@ def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_f
         if row["status"] == "ok" and not (isinstance(row.get("clean_acc"), float) and math.isfinite(row["clean_acc"])):
             row["status"], row["error"] = "failed", "train: no accuracy recorded"
         write_row(out, row)
-        reg.cell_finished(row)
+        for line in reg.cell_finished(row):
+            console.print(f"[yellow]warning[/yellow]: {line} (cell {cell.label()}; skipped)")
         view.done += 1
         view.counts[row["status"]] += 1
         summary.statuses[row["status"]] += 1
