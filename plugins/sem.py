@@ -57,7 +57,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from arena import Budget, ImageSet, Param, ParamSpec, Protector, hookimpl, quantize
+from arena import Budget, ImageSet, Param, ParamSpec, Protector, evaluate, hookimpl, quantize
 from arena.augment import crop_flip
 from plugins import emn_common as cache
 
@@ -146,12 +146,6 @@ def defensive_noise(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, p:
     return delta.detach()
 
 
-def _accuracy(model: torch.nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, bs: int) -> float:
-    correct = sum(int((model(_to_float(images_u8[i:i + bs])).argmax(1) == labels[i:i + bs]).sum())
-                  for i in range(0, images_u8.shape[0], bs))
-    return correct / max(1, images_u8.shape[0])
-
-
 def _to_float(u8: torch.Tensor) -> torch.Tensor:
     return u8.float().div_(255.0)
 
@@ -232,13 +226,10 @@ class SEM(Protector):
         # No stopping criterion in the papers (a fixed step budget), so no ``converged``: the final robust
         # loss and accuracy of the surrogate on its own (noised, augmented, attacked) batches say how far
         # it got, and the clean-vs-protected accuracy of the final surrogate how much the noise helps it.
-        model.eval()
-        with torch.no_grad():
-            acc_clean = _accuracy(model, X, Y, bs)
-            acc_prot = _accuracy(model, out_u8.to(dev), Y, bs)
         info = {"train_steps": p["train_steps"], "surrogate_robust_batch_acc": robust_acc,
                 "final_robust_loss": tail_loss, "final_robust_acc": tail_acc,
-                "surrogate_acc_clean": acc_clean, "surrogate_acc_protected": acc_prot}
+                "surrogate_acc_clean": evaluate(model, X, Y, bs),
+                "surrogate_acc_protected": evaluate(model, out_u8.to(dev), Y, bs)}
         return out_u8, info, model
 
 
