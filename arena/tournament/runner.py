@@ -32,6 +32,7 @@ from ..params import ArenaError
 from ..registry import get_registry
 from .config import ConfigError, TournamentConfig
 from .grid import Cell, Grid, ProtectJob, PurifyJob, content_key, expand, resolve_precision
+from .lock import DriverLock
 from .stagecache import StageCache
 from .worker import StageRunner
 
@@ -194,11 +195,19 @@ class _View:
 
 def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_failed: bool = False,
                    live: bool = True, console: Any = None) -> Summary:
-    import ray
+    """Run every unfinished cell of ``cfg``; only one driver at a time per output directory."""
     from rich.console import Console
-    from rich.live import Live
 
     console = console or Console(stderr=True)
+    warn = lambda line: console.print(f"[yellow]warning[/yellow]: {line}", highlight=False, soft_wrap=True)  # noqa: E731
+    with DriverLock(cfg.output, warn=warn):
+        return _run(cfg, address=address, retry_failed=retry_failed, live=live, console=console)
+
+
+def _run(cfg: TournamentConfig, *, address: str | None, retry_failed: bool, live: bool, console: Any) -> Summary:
+    import ray
+    from rich.live import Live
+
     t_start = time.perf_counter()
     reg = get_registry()
     out = cfg.output
