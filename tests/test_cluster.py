@@ -185,3 +185,41 @@ def test_a_tournament_on_s3_storage_leaves_nothing_on_the_driver_and_reads_back_
     missing = _arena("leaderboard", f"s3://no-such-bucket/x?{query}", timeout=120)
     assert missing.returncode == 2, missing.stderr  # no bucket: one line, no traceback
     assert len(_own_lines(missing.stderr)) == 1, missing.stderr
+
+
+def test_the_driver_recomputes_a_missing_input_before_retrying_and_gives_up_without_a_row(tmp_path: Path) -> None:
+    """The scheduler's graph logic on its own, without Ray: a train job whose purified input is not in the
+    storage sends that purify job (and only it) back; retries run out into no row, never a failed one."""
+    from rich.console import Console
+
+    from arena.registry import get_registry
+    from arena.tournament.config import load_config
+    from arena.tournament.grid import expand
+    from arena.tournament.runner import Summary, TournamentDriver, prepare_data
+    from arena.tournament.stagecache import StageCache
+
+    cfg = load_config(_write(tmp_path, {**TINY, "output": str(tmp_path / "o"), "resources": {"retries": 1}}))
+    cache = StageCache(tmp_path / "o" / ".cache")
+    grid = expand(cfg, prepare_data(cfg, cache), get_registry())
+    todo = list(grid.cells.values())
+    console = Console(record=True, width=300)
+    d = TournamentDriver(cfg, grid, cache, todo, console, Summary("c", len(todo), 0, len(todo)), get_registry())
+    assert {j.key for _, j in d.pending} == set(grid.protects), "protect jobs first, each once"
+    for _, job in list(d.pending):
+        d.finish("protect", job, {"status": "ok", "metrics": {}, "seconds": 0.0})
+    d.pending.clear()
+    d.release()
+    purifies = [j for st, j in d.pending if st == "purify"]
+    assert len(purifies) == len(grid.purifies) and not d.waiting_u
+    for job in purifies:
+        d.finish("purify", job, {"status": "ok", "metrics": {}, "seconds": 0.0})
+    d.pending.clear()
+    d.release()
+    cell = next(j for st, j in d.pending if st == "train")
+    d.pending.clear()
+    d.fault("train", cell, "the purify output is not in the stage storage", ["purify", cell.purify_key])
+    assert cell.purify_key not in d.u_meta and d.waiting_u == {cell.purify_key: grid.purifies[cell.purify_key]}
+    assert d.waiting_c == {cell.key: cell}
+    d.fault("train", cell, "worker lost")  # the second fault: retries (1) are used up
+    assert "gave up after 2 attempts" in console.export_text() and d.summary.statuses == {}
+    assert not list((tmp_path / "o").glob("cell-*")), "no row for an infrastructure fault"

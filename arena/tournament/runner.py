@@ -2,8 +2,10 @@
 
 Why actors and not one task per stage: an actor imports torch and the plugins once, keeps the loaded
 splits (on the GPU when it has one) between cells, and holds a fixed, fractional share of a GPU, so
-several small trainings pack onto one device. Only cache keys and small dicts cross Ray; images stay on
-disk under content keys.
+several small trainings pack onto one device. Only cache keys and small dicts cross Ray; images stay in
+the tournament's storage (a directory or an object store, ``arena/storage.py``) under content keys, so
+an actor on any node reads what an actor on another node wrote. The scheduling itself is
+:class:`TournamentDriver`.
 """
 
 from __future__ import annotations
