@@ -89,6 +89,8 @@ def test_a_worker_node_lost_mid_run_every_cell_still_ends_with_one_row(tmp_path:
     deadline = time.time() + 300
     while time.time() < deadline and not list(store.glob("cell-*.parquet")) and proc.poll() is None:
         time.sleep(0.2)
+    rows_at_kill = len(list(store.glob("cell-*.parquet")))
+    assert proc.poll() is None and rows_at_kill < 6, "the node must go away while the grid still runs"
     cluster.remove_node(worker, allow_graceful=False)
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-3000:]

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
         grid = expand(cfg, prepare_data(cfg, StageCache(cfg.output / ".cache"), store=False), get_registry())
         c, n = grid.counts(), grid.naive_counts()
-        console.print(f"{cfg.path}: valid. {c['train']} cells into {cfg.output}; stages {c['protect']} protect, {c['purify']} purify, "
+        console.print(f"{cfg.path}: valid. {c['train']} cells into {cfg.rows_at}; stages {c['protect']} protect, {c['purify']} purify, "
                       f"{c['train']} train (a cell-by-cell runner would do {n['protect']}/{n['purify']}/{n['train']})")
         return 0
     summary = run_tournament(cfg, address=args.address, retry_failed=args.retry_failed, live=not args.no_live,
