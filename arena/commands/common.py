@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from ..data import Splits, make_splits, resolve_root
+from ..data import Splits
 from ..params import ArenaError
-from ..registry import get_registry
+from ..splits import load_splits  # noqa: F401  (re-exported: commands import it from here)
 
 
 def json_params(text: str | None, flag: str = "--params") -> dict[str, Any]:
@@ -45,15 +45,6 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=int, default=None)
     p.add_argument("--raw-fraction", type=float, default=0.1, help="share of the original train split kept as raw pool")
     p.add_argument("--seed", type=int, default=0)
-
-
-def load_splits(dataset: str, params: dict[str, Any], root: str | None, download: bool, train_size: int | None,
-                test_size: int | None, raw_fraction: float, seed: int) -> Splits:
-    loader = get_registry().dataset(dataset)
-    opts = loader.params.validate(params, owner=f"dataset '{dataset}'")
-    path = resolve_root(root, dataset)
-    train, test = loader.load(root=path, download=download, **opts)
-    return make_splits(train, test, train_size=train_size, test_size=test_size, raw_fraction=raw_fraction, seed=seed)
 
 
 def splits_from_args(args: argparse.Namespace) -> Splits:

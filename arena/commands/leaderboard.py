@@ -14,7 +14,8 @@ METRICS = ("clean_acc", "best_acc", "selected_acc", "robust_acc")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("leaderboard", help="show a tournament's results")
-    p.add_argument("path", nargs="?", default="leaderboard", help="directory of cell Parquet files (or one file)")
+    p.add_argument("path", nargs="?", default="leaderboard",
+                   help="directory of cell Parquet files (or one file), or a storage URI (s3://bucket/dir, gs://, hdfs://)")
     p.add_argument("--metric", default="clean_acc", choices=METRICS,
                    help="clean_acc: after the last epoch (or the early-stopped epoch); best_acc: best epoch (an "
                         "oracle stop); selected_acc: early-stopped only; robust_acc: adversarial accuracy "
@@ -34,11 +35,15 @@ def run(args: argparse.Namespace) -> int:
 
     from ..board import matrices, plot_heatmaps, rankings
     from ..leaderboard import read_rows
+    from ..storage import is_uri
 
-    path = Path(args.path)
-    if not path.exists():
+    path: Any = args.path if is_uri(args.path) else Path(args.path)
+    if isinstance(path, Path) and not path.exists():
         raise ArenaError(f"{path}: no such leaderboard directory or file (run a tournament first)")
-    rows = read_rows(path)
+    try:
+        rows = read_rows(path)
+    except OSError as e:  # an unreachable bucket, missing credentials: pyarrow's message, on one line
+        raise ArenaError(f"{path}: cannot read the rows ({' '.join(str(e).split())[:200]})") from None
     stale: dict[str, Any] | None = None
     if args.tournament:
         from ..gridrows import grid_rows

@@ -11,6 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="output directory (overrides the file's 'output')")
     p.add_argument("--data-root", default=None,
                    help="where data sets without a 'root' in the file live (sets $ARENA_DATA for every worker)")
+    p.add_argument("--storage", default=None, metavar="URI",
+                   help="where stage outputs, data splits and rows live, reachable from every Ray node: s3://bucket/dir, "
+                        "gs://, hdfs://, or a shared mount as file:///path (default: the output directory)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or an embedded instance)")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells whose row is 'failed' or 'invalid'")
     p.add_argument("--dry-run", action="store_true", help="validate and show the stage counts, run nothing")
@@ -30,13 +33,13 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if args.data_root:
         os.environ["ARENA_DATA"] = args.data_root
-    cfg = load_config(args.file, output=args.output)
+    cfg = load_config(args.file, output=args.output, storage=args.storage)
     if args.dry_run:
         from ..registry import get_registry
 
         grid = expand(cfg, prepare_data(cfg, StageCache(cfg.output / ".cache"), store=False), get_registry())
         c, n = grid.counts(), grid.naive_counts()
-        console.print(f"{cfg.path}: valid. {c['train']} cells into {cfg.output}; stages {c['protect']} protect, {c['purify']} purify, "
+        console.print(f"{cfg.path}: valid. {c['train']} cells into {cfg.rows_at}; stages {c['protect']} protect, {c['purify']} purify, "
                       f"{c['train']} train (a cell-by-cell runner would do {n['protect']}/{n['purify']}/{n['train']})")
         return 0
     summary = run_tournament(cfg, address=args.address, retry_failed=args.retry_failed, live=not args.no_live,

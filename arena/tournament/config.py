@@ -39,13 +39,21 @@ TOP_KEYS = {
     "recipe": "victim training recipe",
     "poison_ratios": "list of floats in (0, 1]",
     "seeds": "list of ints",
-    "resources": "cpus_per_trial, gpus_per_trial, max_concurrent",
+    "resources": "cpus_per_trial, gpus_per_trial, max_concurrent, retries, timeout_s, ready_timeout_s, "
+                 "and per stage {protect, purify, train}: {cpus_per_trial, gpus_per_trial}",
     "output": "output directory",
+    "storage": "where stage outputs, splits and rows live: an absolute path or a URI (s3://, gs://, hdfs://)",
     "plugins": "extra plugin modules to load (module names or .py paths relative to this file)",
     "split_seed": "seed of the train/raw/test split (int)",
 }
 DATASET_KEYS = ("name", "params", "root", "download", "train", "test", "raw_fraction")
-RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "retries", "timeout_s")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "retries", "timeout_s", "ready_timeout_s",
+                 "protect", "purify", "train")
+STAGES = ("protect", "purify", "train")
+STAGE_RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
+# How long a new stage actor may wait for a node with room before the run stops with a line naming the
+# resource: long enough for an autoscaler to add a node, short enough that a typo is not an afternoon.
+DEFAULT_READY_TIMEOUT_S = 600.0
 # Longest a stage may run before its actor is replaced and its cells recorded as failed: far above what a
 # real stage takes on one CPU core at CIFAR size (EMN/SEM protect, a DDPM purify, 60-epoch ResNet-18 training),
 # so only a hung plugin reaches it. ``resources.timeout_s`` sets one number for all stages or a mapping.
@@ -148,6 +156,19 @@ class TournamentConfig:
     split_seed: int = 0
     raw: dict[str, Any] = field(default_factory=dict)
     timeout_s: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUT_S))
+    # (cpus, gpus) of one actor of each stage: a protect or DDPM purify stage may take a whole GPU while
+    # training cells take fractions. Stages left out use cpus_per_trial / gpus_per_trial.
+    stage_resources: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    storage: str | None = None  # a URI or absolute path; None: the output directory
+
+    @property
+    def rows_at(self) -> str:
+        """Where rows and stage outputs go (arena/storage.py): ``storage``, else the output directory."""
+        return self.storage or str(self.output)
+
+    def resources_of(self, stage: str) -> tuple[float, float]:
+        return self.stage_resources.get(stage, (self.cpus_per_trial, self.gpus_per_trial))
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -272,7 +293,23 @@ def _labels(v: _V, kind: str, items: list, names: list[str], params: list[Any]) 
     return labels
 
 
-def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str | None = None) -> TournamentConfig:
+def _storage(v: _V, raw: Any, path: Path, flag: str | None) -> str | None:
+    """The storage URI or absolute path; a relative path resolves like ``output`` (the file's folder for
+    the YAML key, the working directory for ``--storage``)."""
+    value = flag if flag is not None else raw
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise v.err("--storage" if flag is not None else "storage", value,
+                    "an absolute path or a URI pyarrow.fs opens (s3://bucket/dir, gs://, hdfs://)")
+    value = value.strip()
+    if "://" in value:
+        return value
+    return str((Path(value) if flag is not None or Path(value).is_absolute() else path.parent / value).resolve())
+
+
+def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str | None = None,
+                 storage: str | None = None) -> TournamentConfig:
     v = _V(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the file must hold a mapping of keys ({', '.join(TOP_KEYS)})")
@@ -405,6 +442,17 @@ def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str 
         timeout_s.update({k: _num(v, x, f"resources.timeout_s.{k}", float, 0.0, low_open=True) for k, x in tmo.items()})
     elif tmo is not None:
         timeout_s = dict.fromkeys(DEFAULT_TIMEOUT_S, _num(v, tmo, "resources.timeout_s", float, 0.0, low_open=True))
+    stage_res = {}
+    for st in STAGES:
+        if st not in res:
+            continue
+        sr = v.mapping(res[st], f"resources.{st}")
+        v.keys(sr, STAGE_RESOURCE_KEYS, f"resources.{st}")
+        stage_res[st] = (_num(v, sr.get("cpus_per_trial", cpus), f"resources.{st}.cpus_per_trial", float, 0.0,
+                              low_open=True),
+                         _num(v, sr.get("gpus_per_trial", gpus), f"resources.{st}.gpus_per_trial", float, 0.0))
+    ready_timeout = _num(v, res.get("ready_timeout_s", DEFAULT_READY_TIMEOUT_S), "resources.ready_timeout_s", float,
+                         0.0, low_open=True)
     out = output or raw.get("output") or f"runs/{name}"
     if not isinstance(out, str):
         raise v.err("output", out, "a directory path")
@@ -416,10 +464,12 @@ def parse_config(raw: Any, path: Path, reg: Registry | None = None, output: str 
                           f"found a file ({out_path})")
     split_seed = _num(v, raw.get("split_seed", 0), "split_seed", int, 0)
     return TournamentConfig(name, path, datasets, protectors, exploiters, archs, recipe, ratios, seeds, cpus, gpus,
-                            maxc, retries, out_path, plugin_modules, split_seed, raw, timeout_s)
+                            maxc, retries, out_path, plugin_modules, split_seed, raw, timeout_s, stage_res,
+                            ready_timeout, _storage(v, raw.get("storage"), path, storage))
 
 
-def load_config(path: str | Path, output: str | None = None, reg: Registry | None = None) -> TournamentConfig:
+def load_config(path: str | Path, output: str | None = None, reg: Registry | None = None,
+                storage: str | None = None) -> TournamentConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such tournament file")
@@ -430,4 +480,4 @@ def load_config(path: str | Path, output: str | None = None, reg: Registry | Non
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}:{where}: not valid YAML ({problem})") from None
-    return parse_config(raw, path, reg, output)
+    return parse_config(raw, path, reg, output, storage)

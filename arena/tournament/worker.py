@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ from ..integrity import IntegrityError, IntegrityViolation, content_hash
 from ..params import ArenaError
 from ..registry import get_registry, load_extra_plugins
 from ..stages import exploit_inputs, run_protect, run_purify, run_train
-from .grid import CLEAN_ONLY, Cell, ProtectJob, PurifyJob
+from .grid import CLEAN_ONLY, Cell, ProtectJob, PurifyJob, content_key
 from .stagecache import SPLITS, StageCache
 
 
@@ -39,9 +38,31 @@ def _status(e: BaseException) -> str:
     return "invalid" if isinstance(e, BudgetViolation) else "failed"
 
 
+def _oom(e: BaseException) -> bool:
+    """CUDA out of memory is the node's state (another actor's share, fragmentation), not the plugin's."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or "CUDA out of memory" in str(e)
+
+
+def _infra(why: str, missing: tuple[str, str] | None = None) -> dict[str, Any]:
+    """An infrastructure fault: the driver retries the job (recomputing ``missing`` first), never a row."""
+    return {"infra": why, "missing": list(missing) if missing else None}
+
+
 def _fatal(e: IntegrityError) -> dict[str, Any]:
     """Stored data failed its hash check: the driver stops the tournament with this line, writing no row."""
     return {"status": "integrity", "fatal": str(e), "error": str(e), "metrics": {}, "seconds": 0.0}
+
+
+class _Missing(Exception):
+    """A stage input that is not in storage (written on a node whose disk this one cannot see, or lost)."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"the {kind} output {key} is not in the stage storage")
+        self.kind, self.key = kind, key
+
+    def result(self) -> dict[str, Any]:
+        return _infra(str(self), (self.kind, self.key))
 
 
 class StageRunner:
@@ -52,11 +73,16 @@ class StageRunner:
                  plugin_modules: list[str] | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
-        self.cache = StageCache(Path(cache_root))
+        self.cache = StageCache(cache_root)  # a local directory or a storage URI (arena/storage.py)
+        self.plugin_modules = list(plugin_modules or [])
         # Plugin-visible directories live in their own tree, which holds no split (issue 18: the clean
         # splits used to sit next to ``ctx.cache_dir``). Everything under ``guarded`` is refused to plugin code.
-        self.plugin_root = self.cache.root.parent / ".plugins"
-        self.guarded = (self.cache.root, data_cache_root() / "datasets")
+        # With remote storage the stage cache is not on this node's disk: plugin directories go to a local
+        # folder of this node, named after the storage so two tournaments never share one.
+        local = self.cache.root
+        self.plugin_root = (local.parent / ".plugins" if local is not None else
+                            data_cache_root() / "tournament-plugins" / content_key("storage", self.cache.uri))
+        self.guarded = tuple(p for p in (local, data_cache_root() / "datasets") if p is not None)
         self.device = torch.device(device)
         self.import_breach: str | None = None
         try:
@@ -73,6 +99,8 @@ class StageRunner:
     def splits(self, data_key: str) -> Splits:
         """The clean splits, loaded once per actor and checked against the manifest's hashes."""
         if data_key not in self._splits:
+            if not self.cache.has_splits(data_key):
+                raise _Missing("data", data_key)
             self._hashes[data_key] = self.cache.split_hashes(data_key)
             self._splits[data_key] = Splits(*(self.cache.load_split(data_key, n) for n in SPLITS))
         return self._splits[data_key]
@@ -110,6 +138,8 @@ class StageRunner:
             train = self.splits(job.data_key).train
         except IntegrityError as e:
             return _fatal(e)
+        except _Missing as m:
+            return m.result()
         try:
             try:
                 with self._plugin_code(f"protector '{job.protector.name}'"):
@@ -121,6 +151,8 @@ class StageRunner:
                     "info": out.info}
             self.cache.save("protect", job.key, out.data, meta)
         except Exception as e:  # a plugin failure fails its cells, never the tournament
+            if _oom(e):
+                return _infra(f"protect: {_error_text(e)}")
             meta = {"status": _status(e), "error": f"protect: {_error_text(e)}", "metrics": {}, "seconds": 0.0,
                     "traceback": traceback.format_exc(limit=8)}
         return meta
@@ -146,10 +178,14 @@ class StageRunner:
         if self.cache.has("purify", job.key):
             return {**self.cache.meta("purify", job.key), "cached": True}
         try:
+            if job.protect_key and not self.cache.has("protect", job.protect_key):
+                raise _Missing("protect", job.protect_key)
             data = self._mixed(job)
             splits = self.splits(job.data_key)
         except IntegrityError as e:
             return _fatal(e)
+        except _Missing as m:
+            return m.result()
         try:
             metrics: dict[str, Any] = {}
             seconds = 0.0
@@ -166,6 +202,8 @@ class StageRunner:
             meta = {"status": "ok", "error": None, "metrics": metrics, "seconds": seconds}
             self.cache.save("purify", job.key, data, meta)
         except Exception as e:
+            if _oom(e):
+                return _infra(f"purify: {_error_text(e)}")
             meta = {"status": _status(e), "error": f"purify: {_error_text(e)}", "metrics": {}, "seconds": 0.0,
                     "traceback": traceback.format_exc(limit=8)}
         return meta
@@ -174,10 +212,14 @@ class StageRunner:
         """Train + evaluate one cell and return its leaderboard fields."""
         t0 = time.perf_counter()
         try:
+            if not self.cache.has("purify", cell.purify_key):
+                raise _Missing("purify", cell.purify_key)
             data = self.cache.load("purify", cell.purify_key)
             test = self.splits(cell.data_key).test
         except IntegrityError as e:
             return _fatal(e)
+        except _Missing as m:
+            return m.result()
         try:
             try:
                 with self._plugin_code(f"exploiter '{cell.exploiter.label}'"):
@@ -196,6 +238,8 @@ class StageRunner:
                     "train_s": res.seconds, "epochs": res.epochs, "train_images": len(data),
                     "images_per_s": res.images_per_s, "extra": res.extra, "device": self.device_name()}
         except Exception as e:
+            if _oom(e):
+                return _infra(f"train: {_error_text(e)}")
             return {"status": _status(e), "error": f"train: {_error_text(e)}", "train_s": time.perf_counter() - t0,
                     "device": self.device_name(), "traceback": traceback.format_exc(limit=8)}
 
@@ -206,3 +250,9 @@ class StageRunner:
 
     def ping(self) -> bool:
         return True
+
+    def versions(self) -> dict[str, Any]:
+        """The code this actor runs (the driver compares it with its own before sending work)."""
+        from .versions import code_versions
+
+        return code_versions(self.plugin_modules)
