@@ -94,6 +94,10 @@ class TrainingMod:
         """Return a changed recipe (e.g. more epochs); called once before training."""
         return recipe
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (0-based), for recipes that change during training
+        (UEraser attacks with several augmentations only in its first epochs)."""
+
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: float N x C x H x W in [0,1] on the device; y: int64 labels or N x K soft targets."""

@@ -203,6 +203,8 @@ def train_victim(
     model.train()
     try:
         for _epoch in range(recipe.epochs):
+            for m in mods:
+                m.start_epoch(_epoch)
             perm = torch.randperm(n, generator=gen, device=device)
             correct = torch.zeros((), device=device)
             seen = 0

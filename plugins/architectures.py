@@ -115,8 +115,40 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(o, 1), 1))
 
 
+def _mobilenetv2(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """torchvision's MobileNetV2 (width 1.0, dropout 0.2 head). At <= 64 px the two CIFAR changes of the
+    common port (kuangliu/pytorch-cifar, used by APBench): the stem conv and the first 24-channel block
+    run at stride 1 instead of 2, so a 32 px input reaches the last stage at 4 x 4, not 1 x 1."""
+    m = tvm.mobilenet_v2(num_classes=num_classes)
+    stride = 1 if image_size <= SMALL else 2
+    m.features[0][0] = nn.Conv2d(in_channels, 32, 3, stride, 1, bias=False)
+    if image_size <= SMALL:
+        m.features[2].conv[1][0].stride = (1, 1)  # the depthwise conv of the stride-2 block of stage 2
+    return m
+
+
+def _vit_small(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """A ViT for small images: patch 4 (64 tokens at 32 px, 16 at 16 px), width 512, depth 6, 8 heads, MLP
+    512, dropout 0.1: the size of APBench's CIFAR ``vit_small`` (lucidrains' ViT for small data sets), built
+    from torchvision's plain ViT (no shifted-patch tokens or locality self-attention). Larger images use
+    patch 16, as ViT-B/16."""
+    patch = 4 if image_size <= SMALL else 16
+    if image_size % patch:
+        from arena import ArenaError
+
+        raise ArenaError(f"architecture 'vit-small' needs an image side divisible by its patch {patch}; "
+                         f"got {image_size} px")
+    m = tvm.VisionTransformer(image_size=image_size, patch_size=patch, num_layers=6, num_heads=8, hidden_dim=512,
+                              mlp_dim=512, dropout=0.1, num_classes=num_classes)
+    if in_channels != 3:
+        m.conv_proj = nn.Conv2d(in_channels, 512, patch, patch)
+    return m
+
+
 @hookimpl
 def arena_register_architectures(register) -> None:
+    register("mobilenetv2", _mobilenetv2, summary="MobileNetV2 (CIFAR strides <= 64px)")
+    register("vit-small", _vit_small, summary="ViT, patch 4, 512 wide, 6 deep (for 16-64px images)")
     register("cnn-small", lambda num_classes, in_channels=3, image_size=32: CNNSmall(num_classes, in_channels),
              summary="3-conv CNN (32-64-128, BN), fast on CPU")
     register("resnet18", lambda num_classes, in_channels=3, image_size=32:

@@ -368,3 +368,19 @@ def cache_name(pool_fingerprint: str, cfg: DDPMConfig, init: str | None) -> str:
 
 __all__ = ["DDPMConfig", "PRESETS", "build_unet", "cache_name", "parse_channels", "replace", "schedule",
            "train_or_load"]
+
+
+def shared_cache_path(ctx: Any, name: str) -> Path:
+    """Where a DDPM lives so that every exploiter module using this file finds the same one.
+
+    ``ctx.cache_path`` is private to one plugin's code hash (the tournament gives each its own directory), so
+    ``jcdp`` and ``diffpure`` would each train the same model there. The DDPM depends only on this module's
+    code (plus the pool and config in ``name``), so it is kept beside those directories in one named by
+    this module's own code hash: an edit of ``ddpm.py`` still starts from an empty cache.
+    """
+    from arena.codehash import module_hash
+
+    own = ctx.cache_path(name).parent
+    shared = own.parent / f"ddpm-shared-{module_hash(__name__, Path(__file__))}"
+    shared.mkdir(parents=True, exist_ok=True)
+    return shared / name
