@@ -67,7 +67,7 @@ class AR(Protector):
               high=100_000_000),
         Param("batch_size", int, 4096, "images whose noise is generated at once", low=1, high=1_000_000),
     ))
-    check_params: ClassVar[dict[str, Any]] = {"max_candidates": 20_000}
+    check_params: ClassVar[dict[str, Any]] = {"min_response": 5.0}  # seconds, not minutes, of search
 
     def radius(self, shape: tuple[int, int, int]) -> float:
         return self.p["l2"] if self.p["l2"] is not None else scaled_radius(1.0, shape)

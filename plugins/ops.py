@@ -37,15 +37,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from arena import Budget, ImageSet, Param, ParamSpec, Protector, hookimpl
+from arena import Budget, ImageSet, Param, ParamError, ParamSpec, Protector, hookimpl
 
 
 class OPS(Protector):
     name = "ops"
     summary = "one pixel per image, class-wise position and colour by search (Wu et al., ICLR 2023)"
     version = "1"
-    params = ParamSpec((Param("pixels", int, 1, "pixel positions changed per image (the paper's sparsity)",
-                              low=1, high=1024),))
+    params = ParamSpec((
+        Param("pixels", int, 1, "pixel positions changed per image (the paper's sparsity)", low=1, high=1024),
+        Param("margin", int, 0, "rows/columns along the border left out of the search (0: the paper)",
+              low=0, high=1024),
+    ))
     check_params: ClassVar[dict[str, Any]] = {}
 
     def budget(self, train: ImageSet) -> Budget:
@@ -55,6 +58,12 @@ class OPS(Protector):
         c, h, w = train.shape
         colours = corner_colours(c)  # V x C
         taken = torch.zeros((h * w, len(colours)), dtype=torch.bool)
+        mg = self.p["margin"]
+        if 2 * mg >= min(h, w):
+            raise ParamError(f"protector 'ops': param 'margin' = {mg} leaves no pixel of a {h}x{w} image to search")
+        inner = torch.zeros((h, w), dtype=torch.bool)
+        inner[mg : h - mg, mg : w - mg] = True
+        inner = inner.flatten()
         out = train.images.clone()
         chosen: dict[str, Any] = {}
         for k in range(train.num_classes):
@@ -63,6 +72,7 @@ class OPS(Protector):
                 continue
             score = class_scores(train.images[idx].float() / 255.0, colours)  # (H*W) x V
             score[taken] = -1.0
+            score[~inner] = -1.0
             picks = top_distinct_positions(score, self.p["pixels"])
             for pos, v in picks:
                 taken[pos, v] = True

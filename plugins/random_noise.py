@@ -7,9 +7,11 @@ reader how much of a protector's effect is the size of its noise rather than wha
 ``classwise-noise`` the pattern carries no label information at all (the arena's noise separability for it
 is near chance).
 
-On digits (measured on the 2-core AMD EPYC, digits 16 px, cnn-small victim, 15 epochs, crop pad 2 + flip,
-float32, seed 0; ``PYTHONPATH=. python /tmp/lsp_try.py random-noise``, the throwaway script that trained the
-same victim on the clean and the protected train split): see docs/methods.md "random-noise".
+What it does to a victim on digits (measured on a 2-core AMD EPYC: digits 16 px, cnn-small victim, 15 epochs,
+batch 128, crop pad 2 + flip, float32, seeds 0; a throwaway script that protects the train split with
+``get_registry().protector("random-noise")`` and trains ``build_model("cnn-small")`` with ``train_victim``
+on the clean and on the protected split, run as ``PYTHONPATH=. python /tmp/lsp_try.py random-noise``):
+clean 94.6 %, random-noise 95.2 %. No protection, as in the paper.
 
 The stored image is rounded and the change clipped to floor(eps * 255) grey levels (``arena.quantize``).
 """
