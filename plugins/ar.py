@@ -34,6 +34,14 @@ Differences from the reference, on purpose:
 - the process runs on all images of a batch at once (one step per pixel position, not per image);
 - the stored image is rounded (the reference adds 0.5 and truncates: the same) and an image whose rounded
   change would leave the L2 ball is shrunk onto it, so the declared radius holds on the uint8 images.
+
+Cost: at the default ``min_response=10`` the finder tries 1-2 x 10^5 candidates for 10 classes (2-3 minutes
+on a 2-core AMD EPYC; upstream's finder budget is 10^6); ``min_response=5`` finds them in seconds.
+
+Small images (digits 16 px, cnn-small victim, 15 epochs, crop pad 2 + flip; clean 94.6 %): the default radius
+0.5 leaves the victim at 96.1 %, 1.0 at 89.6 %, 2.0 at 31.8 %. Digits are learned from content in an epoch or
+two, and 29 % of their pixels are black, where clamping drops the negative half of the noise and breaks the AR
+structure the shortcut relies on. The tests use ``l2=2.0, min_response=5``; CIFAR-size runs keep 1.0.
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ Differences from the reference, on purpose:
 - an all-black image (maximum 0, a division by zero in the reference: NaN, stored as black) is kept as it is;
 - filters come from the cell seed, not numpy's global seed; the reference's ``mix`` (poison only a share of
   the images) is the arena's ``poison_ratios`` and is not a param here.
+
+Small images (digits 16 px, cnn-small victim, crop pad 2 + flip, a 2-core AMD EPYC; clean 94.6 %): digits are
+8 x 8 images upsampled twice, so the paper's 3 x 3 filter spans 1.5 source pixels and hardly blurs them: 74.6 %
+after 15 epochs (70.1 % with ``blur=1.0``). ``kernel=5`` blurs at the source scale: 24.8 % after 10 epochs. The
+tests use ``kernel=5``; CIFAR-size runs keep 3.
 """
 
 from __future__ import annotations

@@ -30,6 +30,13 @@ Differences from the reference, on purpose:
   carry label k (an unlucky draw leaves a class short, and SVHN needs its ``n *= 2``); here every image gets
   its own draw from its class's cluster, so no class runs out;
 - the centres and mixing matrices come from the cell seed (a torch generator), not numpy's global state.
+
+Small images (digits 16 px, cnn-small victim, 15 epochs, crop pad 2 + flip, a 2-core AMD EPYC; clean 94.6 %):
+the default 4 px patches (4 x 4 grid) at radius 0.65 leave the victim at 76.9 % (71.5 % at radius 1.0, 41.1 % at
+1.3); 8 px patches (2 x 2 grid, 12 features) at the default radius give 32.4 %. With 48 features the
+make_classification cluster spread (sd sqrt(d/3) = 4 per feature against centres at +-10) is twice that of 12
+features, and digits, learned from content in an epoch or two, win against the noisier shortcut. The tests use
+``patch=8``; CIFAR-size runs keep 8 px on 32 px.
 """
 
 from __future__ import annotations

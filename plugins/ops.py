@@ -23,12 +23,19 @@ Differences from the reference, on purpose:
   the reference's score x/0 = inf (or 0/0 = NaN, which numpy's argsort ranks above everything, so the
   reference can pick a "change" to the value the pixel already has). Here std 0 with mean > 0 ranks above
   every finite score and among those the larger mean wins; 0/0 scores 0;
-- ties are broken by the larger mean, then by the first position in row-major order (the reference
-  leaves them to numpy's unstable sort);
+- other ties go to the first position in row-major order (the reference leaves them to numpy's unstable
+  sort);
 - with ``pixels`` > 1 the reference takes the top pairs even when two share a position (then the image
   has fewer changed pixels than asked); here the pairs have distinct positions;
 - any number of classes and channels (the reference hard-codes 10 classes and RGB).
 The search is deterministic: the seed does not enter.
+
+Small images (digits 16 px, cnn-small victim, crop pad 2 + flip, measured on a 2-core AMD EPYC; clean 94.6 %):
+one pixel does not protect (95.2 %; 81.7 % with ``margin=3``); 4 pixels 67 %, 16 pixels 29.3 %, and 16 pixels
+still 29.0 % under Madry AT (8/255, 2 steps of 4/255) where the clean victim keeps 94.6 %. Every class's pixel
+lands on the digits' constant black border, where crops push it out of frame and flips swap the left and right
+positions of different classes, while the digit itself is learned in an epoch or two. The tests use
+``pixels=16``; CIFAR-size runs keep the paper's 1.
 """
 
 from __future__ import annotations
