@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arena import ArenaError, Context, Recipe, check_budget, train_victim
+from arena import ArenaError, Budget, Context, Recipe, check_budget, train_victim
 from arena.conformance import assert_conforms
 from arena.models import build_model
 from arena.registry import get_registry
@@ -100,6 +100,24 @@ def test_l2_radii_follow_the_papers_units():
     assert reg.protector("lsp", {"l2": 0.5}).budget(shapes[96]).value == 0.5
     assert reg.protector("cuda").budget(shapes[32]).kind == "none"
     assert reg.protector("ops").budget(shapes[32]).describe() == "L0 1 pixel"
+
+
+def test_l2_quantization_shrinks_what_rounding_lengthens():
+    """A delta of exactly the radius whose components round up (0.6 and 1.2 -> 1 grey level) would leave the
+    ball; the stored change must be pulled back inside, and an image already inside keeps scale 1."""
+    from plugins.l2_common import quantize_l2
+
+    clean = torch.full((2, 3, 8, 8), 100, dtype=torch.uint8)
+    delta = torch.full((2, 3, 8, 8), 0.6 / 255)
+    delta[0, :, :, ::2] = 1.2 / 255
+    delta[1] = 0.0
+    delta[1, 0, 0, 0] = 3 / 255
+    radius = float(delta[0].norm())
+    out = quantize_l2(clean, delta, radius)
+    assert float(((delta[0] * 255).round() / 255).norm()) > radius  # plain rounding would break the budget
+    m = check_budget(Budget("l2", radius), clean, out, "l2")
+    assert m["l2"] <= radius and (out[0] != clean[0]).any(), "shrunk onto the ball, not to zero"
+    assert out[1, 0, 0, 0] == 103 and (out[1].flatten()[1:] == 100).all()
 
 
 def test_ar_no_class_degenerates(digits16):
