@@ -18,17 +18,22 @@ class BudgetViolation(ArenaError):
     """A protector's output exceeds its declared budget (the cell is recorded as ``invalid``)."""
 
 
+KINDS = ("linf", "l2", "patch", "pixels", "none")
+
+
 @dataclass(frozen=True)
 class Budget:
     """``linf`` and ``l2`` in [0,1] pixel units (8/255 means 8 grey levels); ``patch`` is the largest
-    fraction of an image's pixel positions that may change; ``none`` declares no constraint."""
+    fraction of an image's pixel positions that may change; ``pixels`` is the largest number of pixel
+    positions (an L0 count; a position counts once whatever its channels do) that may change in one image;
+    ``none`` declares no constraint."""
 
     kind: str
     value: float
 
     def __post_init__(self) -> None:
-        if self.kind not in ("linf", "l2", "patch", "none"):
-            raise ArenaError(f"budget kind {self.kind!r}: expected one of 'linf', 'l2', 'patch', 'none'")
+        if self.kind not in KINDS:
+            raise ArenaError(f"budget kind {self.kind!r}: expected one of {', '.join(map(repr, KINDS))}")
 
     def describe(self) -> str:
         if self.kind == "linf":
@@ -37,6 +42,8 @@ class Budget:
             return f"L2 {self.value:.4g}"
         if self.kind == "patch":
             return f"patch area {self.value:.3g}"
+        if self.kind == "pixels":
+            return f"L0 {self.value:.3g} pixel" + ("" if self.value == 1 else "s")
         return "none"
 
 
@@ -61,9 +68,10 @@ def measure(clean: torch.Tensor, protected: torch.Tensor) -> dict[str, float]:
     flat = d.reshape(n, -1)
     linf = float(flat.abs().max()) / 255.0 if flat.numel() else 0.0
     l2 = float(flat.norm(dim=1).max()) / 255.0 if flat.numel() else 0.0
-    changed = (d != 0).any(dim=1).reshape(n, -1).float().mean(dim=1)
-    area = float(changed.max()) if n else 0.0
-    return {"linf": linf, "l2": l2, "patch_area": area}
+    changed = (d != 0).any(dim=1).reshape(n, -1).float()
+    area = float(changed.mean(dim=1).max()) if n else 0.0
+    pixels = float(changed.sum(dim=1).max()) if n else 0.0
+    return {"linf": linf, "l2": l2, "patch_area": area, "pixels": pixels}
 
 
 def check_budget(budget: Budget, clean: torch.Tensor, protected: torch.Tensor, who: str) -> dict[str, float]:
@@ -85,4 +93,8 @@ def check_budget(budget: Budget, clean: torch.Tensor, protected: torch.Tensor, w
         if m["patch_area"] > budget.value + 1e-6:
             raise BudgetViolation(
                 f"{who}: changed area {m['patch_area']:.3f} of the image exceeds the declared patch area {budget.value:.3f}")
+    elif budget.kind == "pixels":
+        if m["pixels"] > math.floor(budget.value + 1e-6):
+            raise BudgetViolation(
+                f"{who}: {m['pixels']:.0f} changed pixels in one image exceeds the declared L0 {budget.value:.0f}")
     return m

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arena import Budget, BudgetViolation, Context, Protector, quantize
+from arena import ArenaError, Budget, BudgetViolation, Context, Protector, quantize
 from arena.conformance import check_plugin, tiny_data
 from arena.metrics import psnr, ssim
 from arena.registry import Registry
@@ -82,6 +82,25 @@ def test_patch_budget_counts_changed_area() -> None:
     assert check_budget(Budget("patch", 0.09), clean, prot, "p")["patch_area"] == pytest.approx(0.09)
     with pytest.raises(BudgetViolation):
         check_budget(Budget("patch", 0.05), clean, prot, "p")
+
+
+def test_pixels_budget_counts_changed_positions_per_image() -> None:
+    from arena.budget import check_budget
+
+    clean = torch.full((3, 3, 8, 8), 100, dtype=torch.uint8)
+    prot = clean.clone()
+    prot[0, :, 2, 5] = 255  # one position, all channels: one pixel
+    prot[1, 0, 0, 0] = 0  # one position, one channel: still one pixel
+    prot[2, 1, 7, 7] = 101
+    m = check_budget(Budget("pixels", 1), clean, prot, "ops")
+    assert m["pixels"] == 1 and m["linf"] == pytest.approx(155 / 255)  # unbounded in value, bounded in count
+    prot[2, 2, 3, 3] = 99  # a second position in one image breaks L0 1 even though the first images are fine
+    with pytest.raises(BudgetViolation, match=r"ops: 2 changed pixels in one image exceeds the declared L0 1"):
+        check_budget(Budget("pixels", 1), clean, prot, "ops")
+    assert check_budget(Budget("pixels", 2), clean, prot, "ops")["pixels"] == 2
+    assert Budget("pixels", 1).describe() == "L0 1 pixel" and Budget("pixels", 3).describe() == "L0 3 pixels"
+    with pytest.raises(ArenaError, match=r"budget kind 'l0'.*'pixels'"):
+        Budget("l0", 1)
 
 
 def test_quality_metrics_behave() -> None:
