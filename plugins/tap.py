@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 from arena import Budget, ImageSet, Param, ParamError, ParamSpec, Protector, evaluate, hookimpl, quantize
 from arena.augment import crop_flip
-from arena.trainer import use_amp
+from arena.trainer import use_amp, use_channels_last
 from plugins import emn_common as cache
 
 _INITS = ("zero", "uniform", "normal")
@@ -188,6 +188,10 @@ class _Poison(Protector):
             tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
             os.replace(tmp, path)
+        if use_channels_last(recipe.channels_last, ctx.device):
+            # the trainer leaves a trained model in NHWC: a loaded one must match, or the float rounding of
+            # the gradients (and so their signs) would differ between a cache hit and a miss
+            model = model.to(memory_format=torch.channels_last)
         model.eval()
         for q in model.parameters():
             q.requires_grad_(False)
