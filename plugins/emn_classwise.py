@@ -61,7 +61,7 @@ class EMNClasswise(emn.EMNProtector):
         Param("subset", float, 0.2, "share of the train split the noise is optimized on", low=0.0, high=1.0),
     ))
     check_params: ClassVar[dict[str, Any]] = {"surrogate": "cnn-small", "pgd_steps": 2, "max_rounds": 2,
-                                              "batch_size": 16}
+                                              "model_steps": 2, "batch_size": 16}
 
     def _subset(self, train: ImageSet, ctx: Any) -> torch.Tensor:
         n, k = len(train), train.num_classes

@@ -65,7 +65,7 @@ class EMNSamplewise(emn.EMNProtector):
     params = ParamSpec(emn.common_params(stop_error=0.01, pgd_steps=20, max_rounds=200))
     # a small surrogate and two short rounds: the check tests the contract, not the noise's strength
     check_params: ClassVar[dict[str, Any]] = {"surrogate": "cnn-small", "pgd_steps": 2, "max_rounds": 2,
-                                              "batch_size": 16}
+                                              "model_steps": 2, "batch_size": 16}
 
     def _run(self, train: ImageSet, ctx: Any, eps: float, step: float
              ) -> tuple[torch.Tensor, dict[str, Any], torch.nn.Module]:

@@ -160,10 +160,10 @@ class SEM(Protector):
     summary = "stable error-minimizing noise: EMN against an adversarially trained surrogate, random inner noise"
     version = "1"
     params = _PARAMS
-    # cnn-small, 3 surrogate steps, J=2 and short inner loops (REM inherits them): seconds instead of the
+    # cnn-small, 2 surrogate steps, J=2 and short inner loops (REM inherits them): seconds instead of the
     # 5,000 ResNet-18 steps of the paper
     check_params: ClassVar[dict[str, Any]] = {
-        "surrogate": "cnn-small", "train_steps": 3, "batch_size": 16, "samples": 2, "def_steps": 3,
+        "surrogate": "cnn-small", "train_steps": 2, "batch_size": 16, "samples": 2, "def_steps": 2,
         "def_step_size": 3 / 255, "rho_a": 1 / 255, "atk_steps": 1, "atk_step_size": 1 / 255, "aug_pad": 2}
     robust_inner: bool = False  # REM: PGD inner maximization instead of random noise
 

@@ -148,8 +148,8 @@ class _Poison(Protector):
     version = "1"
     step_ratio: ClassVar[float] = 1.0
     objective_name: ClassVar[str] = ""
-    # cnn-small crafting model, 2 epochs, 3 steps of a large step, no restarts: the contract in seconds
-    check_params: ClassVar[dict[str, Any]] = {"surrogate": "cnn-small", "surrogate_epochs": 2, "steps": 3,
+    # cnn-small crafting model, 1 epoch, 2 steps of a large step, no restarts: the contract in seconds
+    check_params: ClassVar[dict[str, Any]] = {"surrogate": "cnn-small", "surrogate_epochs": 1, "steps": 2,
                                               "step_size": 4 / 255, "restarts": 1, "batch_size": 16}
 
     def objective(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
