@@ -3,11 +3,14 @@ a seed gives the same images, the diagnostics say whether the crafting reached i
 undefended cnn-small victim trained on the protected split loses clean accuracy against one trained on the
 unprotected split.
 
-Small-data settings (measured on this 500-image split, victim cnn-small 10 epochs, clean 90%): hypo at the
-paper's 8/255 with 20 steps of eps/5 leaves the victim at 32%. tap at 8/255 does not protect here (targeted
-success on the crafting model 5-15%, victim 65-86% for 20-50 steps, with or without augmentation): a 16 px
-image has a quarter of CIFAR's pixels, so the same L-inf radius carries half the L2 energy, and the small
-crafting model is hard to push into another class. At 16/255, 40 steps of 4/255, the victim falls to 25%.
+Small-data settings, measured on this 500-image split (victim cnn-small 10 epochs, clean 90%; seeds 0/1/2 of
+the protector). At the papers' 8/255 neither protects reliably here: a 16 px image has a quarter of CIFAR's
+pixels, so the same L-inf radius carries half the L2 energy. tap at 8/255 reaches 5-15% targeted success on
+the crafting model and leaves the victim at 65-86% (20-50 steps, with or without augmentation); at 16/255,
+40 steps of 4/255: 25-40%. hypo at 8/255, 20 steps of eps/5: 32/83/82%; at 16/255: 61/57/71% (10-epoch
+crafting model), 25/60/45% with a 3-epoch one, which still has loss left to take away (a well-fitted model
+is already near zero loss on its train images; 30 epochs: 76/88/78% at 8/255). hypo is the weaker method, as
+in its paper (CIFAR-10 standard training 94 -> 74%), hence its smaller margin.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ TINY = {"surrogate": "cnn-small", "surrogate_epochs": 2, "steps": 3, "step_size"
 RECIPE = Recipe(epochs=10, batch_size=64, crop_pad=2, amp="off")
 SMALL = {"surrogate": "cnn-small", "surrogate_epochs": 10, "restarts": 1}
 PROTECT = {"tap": {**SMALL, "eps": 16 / 255, "steps": 40, "step_size": 4 / 255},
-           "hypo": {**SMALL, "steps": 20}}
-MARGIN = 0.3  # the victim loses at least this much clean accuracy (measured: 0.65 for tap, 0.58 for hypo)
+           "hypo": {**SMALL, "eps": 16 / 255, "steps": 20, "surrogate_epochs": 3}}
+# clean accuracy the victim loses at least (measured drops over seeds 0/1/2: tap >= 0.5, hypo >= 0.3)
+MARGIN = {"tap": 0.3, "hypo": 0.2}
 
 
 def _digits(train_size: int):
@@ -108,5 +112,5 @@ def test_an_undefended_victim_loses_clean_accuracy(tmp_path):
         model = build_model("cnn-small", 10, 3, 16, seed=0)
         accs[name] = train_victim(model, protected, s.test, RECIPE, seed=0).clean_acc
     assert accs["none"] > 0.8, accs
-    assert accs["tap"] < accs["none"] - MARGIN, accs
-    assert accs["hypo"] < accs["none"] - MARGIN, accs
+    for name, margin in MARGIN.items():
+        assert accs[name] < accs["none"] - margin, accs
