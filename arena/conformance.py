@@ -206,11 +206,34 @@ def _registry(reg: Registry | None) -> Registry:
     return reg if reg is not None else get_registry()
 
 
+def check_params_for(cls: type, params: dict | None) -> tuple[dict, str]:
+    """The params a check runs with and a line saying where they came from.
+
+    Given params win whole (``{}`` means the paper defaults); otherwise the plugin's ``check_params`` apply,
+    validated here like any params so a bad declaration fails in one line naming the plugin and the key
+    before anything runs, instead of as a confusing failure of every check."""
+    if params is not None:
+        return dict(params), f"given params over the defaults: {params}"
+    who = f"{cls.kind} '{cls.name}'"
+    declared = getattr(cls, "check_params", None) or {}
+    if not isinstance(declared, dict):
+        raise ParamError(f"{who}: check_params must be a dict of param name to value, got {type(declared).__name__}")
+    cls.params.validate(declared, owner=f"{who} check_params")
+    if not declared:
+        return {}, "the defaults (the plugin declares no check_params)"
+    return dict(declared), f"the plugin's check_params over the defaults: {declared}"
+
+
+def _params_used(results: list[CheckResult], source: str) -> None:
+    results.append(CheckResult("params used", True, source))
+
+
 def check_protector(name: str, params: dict | None = None, size: int = 16, *, reg: Registry | None = None
                     ) -> list[CheckResult]:
-    params = params or {}
     base_cls = _registry(reg).entry("protectors", name).obj
+    params, source = check_params_for(base_cls, params)
     results: list[CheckResult] = []
+    _params_used(results, source)
     _param_checks(base_cls, params, results)
     splits = _splits(size)
     train = splits.train
@@ -247,9 +270,10 @@ def _protected(train: ImageSet) -> ImageSet:
 
 def check_exploiter(name: str, params: dict | None = None, size: int = 16, *, reg: Registry | None = None
                     ) -> list[CheckResult]:
-    params = params or {}
     base_cls = _registry(reg).entry("exploiters", name).obj
+    params, source = check_params_for(base_cls, params)
     results: list[CheckResult] = []
+    _params_used(results, source)
     _param_checks(base_cls, params, results)
     splits = _splits(size)
     protected = _protected(splits.train)
@@ -318,7 +342,10 @@ def check_exploiter(name: str, params: dict | None = None, size: int = 16, *, re
 
 def check_plugin(kind: str, name: str, params: dict | None = None, *, size: int = 16,
                  reg: Registry | None = None) -> list[CheckResult]:
-    """Run every contract check for a registered protector or exploiter (``reg``: the process registry)."""
+    """Run every contract check for a registered protector or exploiter (``reg``: the process registry).
+
+    ``params=None`` runs the plugin's ``check_params`` (cheap settings its author declares) over the
+    defaults; given params, even ``{}``, replace them. The first result says which were used."""
     if kind == "protector":
         return check_protector(name, params, size, reg=reg)
     if kind == "exploiter":

@@ -29,6 +29,10 @@ class _Plugin:
     params: ClassVar[ParamSpec] = ParamSpec()
     version: ClassVar[str] = "1"  # bump when outputs change: it is part of every cache key
     kind: ClassVar[str] = "plugin"
+    # Cheap, valid params for ``arena check-plugin`` (merged over the defaults when no ``--params`` is given):
+    # the check runs the contract on tiny 16 px data on a CPU, so it must take seconds, while the defaults
+    # are the paper's (thousands of ResNet-18 steps). Only the author knows which knobs make a run small.
+    check_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any) -> None:
         self.p: dict[str, Any] = self.params.validate(params, owner=f"{self.kind} '{self.name}'")

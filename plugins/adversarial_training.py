@@ -36,7 +36,7 @@ instead.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -91,6 +91,8 @@ class AdversarialTraining(Exploiter):
         Param("eval_size", int, 0, "test images for the robust evaluation (0: the whole test split)", low=0),
         Param("eval_batch_size", int, 512, "batch size of the robust evaluation", low=1),
     ))
+    # two PGD steps (of a step that still reaches the ball) and a robust evaluation on 8 images
+    check_params: ClassVar[dict[str, Any]] = {"steps": 2, "step_size": 4 / 255, "eval_steps": 2, "eval_size": 8}
 
     def training_mod(self, ctx: Any) -> TrainingMod:
         p = self.p

@@ -75,7 +75,7 @@ import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -265,6 +265,9 @@ class ConfounderGAN(Protector):
               pattern=r"[1-9]\d*,[1-9]\d*,[1-9]\d*", example="8,16,32"),
         Param("blocks", int, 4, "residual blocks in G", low=0, high=32),
     ))
+    # cnn-small f trained one epoch, a narrow G with one block, one GAN epoch: the contract only
+    check_params: ClassVar[dict[str, Any]] = {"classifier": "cnn-small", "classifier_epochs": 1, "epochs": 1,
+                                              "widths": "4,8,8", "blocks": 1}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

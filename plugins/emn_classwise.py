@@ -43,7 +43,7 @@ the input's content hash, the params, the seed and ``version``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -60,6 +60,8 @@ class EMNClasswise(emn.EMNProtector):
         *emn.common_params(stop_error=0.1, pgd_steps=1, max_rounds=200),
         Param("subset", float, 0.2, "share of the train split the noise is optimized on", low=0.0, high=1.0),
     ))
+    check_params: ClassVar[dict[str, Any]] = {"surrogate": "cnn-small", "pgd_steps": 2, "max_rounds": 2,
+                                              "model_steps": 2, "batch_size": 16}
 
     def _subset(self, train: ImageSet, ctx: Any) -> torch.Tensor:
         n, k = len(train), train.num_classes

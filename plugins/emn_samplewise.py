@@ -50,7 +50,7 @@ the input's content hash, the params, the seed and ``version``, so a rerun costs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -63,6 +63,9 @@ class EMNSamplewise(emn.EMNProtector):
     summary = "error-minimizing noise, one delta per image (Huang et al., ICLR 2021)"
     version = "1"
     params = ParamSpec(emn.common_params(stop_error=0.01, pgd_steps=20, max_rounds=200))
+    # a small surrogate and two short rounds: the check tests the contract, not the noise's strength
+    check_params: ClassVar[dict[str, Any]] = {"surrogate": "cnn-small", "pgd_steps": 2, "max_rounds": 2,
+                                              "model_steps": 2, "batch_size": 16}
 
     def _run(self, train: ImageSet, ctx: Any, eps: float, step: float
              ) -> tuple[torch.Tensor, dict[str, Any], torch.nn.Module]:

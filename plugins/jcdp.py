@@ -149,6 +149,9 @@ class JCDP(Exploiter):
     uses_raw_pool: ClassVar[bool] = True
     version = "2"
     params = ParamSpec(_DDPM_PARAMS + _GUIDE_PARAMS)
+    # a tiny UNet trained 3 steps and one shallow round: the contract, not a useful DDPM (jcdp-uncond inherits)
+    check_params: ClassVar[dict[str, Any]] = {"ddpm_channels": "8,16", "ddpm_steps": 3, "ddpm_batch_size": 16,
+                                              "ckpt_every": 3, "t_p": 2, "n_rounds": 1, "batch_size": 16}
     guided: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:

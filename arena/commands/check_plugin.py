@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     p.add_argument("--kind", choices=("protector", "exploiter"), default=None,
                    help="needed only when the name is both a protector and an exploiter (checks both otherwise)")
-    p.add_argument("--params", default=None, help="JSON params (use cheap ones: the check runs on CPU)")
+    p.add_argument("--params", default=None,
+                   help="JSON params over the defaults (use cheap ones: the check runs on CPU); without it the "
+                        "plugin's own check_params are used, and '{}' checks the paper defaults")
     p.add_argument("--size", type=int, default=16, help="side of the tiny synthetic images")
     p.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="load a plugin that is not installed first: a module name or a .py file, as a "
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if not kinds:
         valid = ", ".join(sorted(set(reg.names("protectors")) | set(reg.names("exploiters"))))
         raise ArenaError(f"no protector or exploiter named '{args.name}'; valid choices: {valid}")
-    params = json_params(args.params)
+    params = json_params(args.params) if args.params is not None else None
     console = Console()
     failed = 0
     for kind in kinds:
