@@ -8,6 +8,7 @@ because the clean test accuracy of every epoch is already measured.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from .augment import crop_flip
 from .contracts import TrainingMod
 from .data import ImageSet
-from .params import ArenaError, Param, ParamSpec
+from .params import ArenaError, Param, ParamError, ParamSpec
 from .precision import resolve_amp
 from .progress import Progress
 from .robust import robust_accuracy
@@ -35,7 +36,11 @@ RECIPE_PARAMS = ParamSpec((
     Param("lr", float, 0.1, "peak SGD learning rate", low=0.0),
     Param("momentum", float, 0.9, low=0.0, high=1.0),
     Param("weight_decay", float, 5e-4, low=0.0),
-    Param("schedule", str, "cosine", choices=("cosine", "constant")),
+    Param("schedule", str, "cosine", "learning-rate schedule: cosine to 0, constant, or step (x gamma at each "
+          "milestone)", choices=("cosine", "constant", "step")),
+    Param("milestones", tuple, (), "schedule 'step': the epochs (increasing, 1..epochs-1) where lr is multiplied "
+          "by gamma, e.g. [75, 90]", low=1),
+    Param("gamma", float, 0.1, "schedule 'step': the factor applied at each milestone", low=0.0, high=1.0),
     Param("crop_pad", int, 4, "random-crop padding in pixels (0: no crop)", low=0),
     Param("flip", bool, True, "random horizontal flip"),
     Param("eval_batch_size", int, 1024, low=1),
@@ -57,6 +62,8 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
     crop_pad: int = 4
     flip: bool = True
     eval_batch_size: int = 1024
@@ -65,12 +72,44 @@ class Recipe:
     compile: bool = False
     grad_clip: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_schedule(self.to_dict(), "recipe")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, owner: str = "recipe") -> Recipe:
-        return cls(**RECIPE_PARAMS.validate(values, owner))
+        values = RECIPE_PARAMS.validate(values, owner)
+        check_schedule(values, owner)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_schedule(values: dict[str, Any], owner: str) -> None:
+    """The checks one parameter cannot make alone: milestones only mean something to ``step``, and one at
+    or past the last epoch would never fire (a silent no-op that looks like a reproduced paper)."""
+    ms, epochs = tuple(values.get("milestones", ())), values.get("epochs", 1)
+    where = f"{owner}: param 'milestones' = {list(ms)}"
+    if values.get("schedule") == "step":
+        if not ms:
+            raise ParamError(f"{owner}: schedule 'step' needs param 'milestones' (increasing epochs, e.g. [75, 90])")
+        if any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ParamError(f"{where}: expected strictly increasing epochs")
+        if ms[0] < 1 or ms[-1] >= epochs:
+            raise ParamError(f"{where}: expected epochs in 1..{epochs - 1} (epochs = {epochs})")
+    elif ms:
+        raise ParamError(f"{where}: milestones need schedule 'step' (schedule = {values.get('schedule')!r})")
+
+
+def lr_factor(recipe: Recipe, epoch: float, progress: float) -> float:
+    """The learning rate as a fraction of the peak, at fractional ``epoch`` (0-based) and training progress
+    ``progress`` in [0, 1). ``step`` counts milestones passed like ``torch.optim.lr_scheduler.MultiStepLR``
+    stepped once per epoch: milestone 75 makes epochs 0..74 train at lr and epoch 75 on at lr * gamma."""
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if recipe.schedule == "step":
+        return recipe.gamma ** bisect.bisect_right(recipe.milestones, int(epoch))
+    return 1.0
 
 
 @dataclass
@@ -190,9 +229,7 @@ def train_victim(
     total = recipe.epochs * steps_per_epoch
 
     def lr_at(step: int) -> float:
-        if recipe.schedule == "cosine":
-            return recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-        return recipe.lr
+        return recipe.lr * lr_factor(recipe, step // steps_per_epoch, step / total)
 
     curve: list[float] = []
     val_curve: list[float] = []
@@ -276,4 +313,11 @@ def train_victim(
 
 
 def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
-    return replace(recipe, epochs=epochs)
+    """``recipe`` run for ``epochs``: step milestones keep their place relative to the run (75/90 of 100
+    epochs become 15/18 of 20), so a shortened run (a surrogate, a smoke test) decays as the long one does.
+    Milestones that fall together or past the end are dropped; a step schedule left with none is constant."""
+    if recipe.schedule != "step":
+        return replace(recipe, epochs=epochs)
+    scaled = sorted({round(m * epochs / recipe.epochs) for m in recipe.milestones})
+    ms = tuple(m for m in scaled if 1 <= m < epochs)
+    return replace(recipe, epochs=epochs, milestones=ms, schedule="step" if ms else "constant")

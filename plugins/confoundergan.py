@@ -73,7 +73,6 @@ import json
 import math
 import os
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +92,7 @@ from arena import (
     hookimpl,
     quantize,
 )
+from arena.trainer import with_epochs
 
 FORMAT = "arena-confoundergan-generator"
 # The paper trains G for a fixed number of epochs and names no stopping rule, but its objective is that the
@@ -281,7 +281,7 @@ class ConfounderGAN(Protector):
     def _classifier(self, train: ImageSet, ctx: Context) -> nn.Module:
         """f, pre-trained on the clean train split with the arena's trainer, then frozen."""
         f = ctx.build_model(self.p["classifier"], train, seed=ctx.seed + 101)
-        recipe = replace(ctx.recipe, epochs=self.p["classifier_epochs"])
+        recipe = with_epochs(ctx.recipe, self.p["classifier_epochs"])
         path = ctx.cache_path(_key(train, {"classifier": self.p["classifier"], "recipe": repr(recipe)},
                                    ctx.seed, self.version) + "-f.pt")
         if path.exists():
@@ -358,7 +358,7 @@ class ConfounderGAN(Protector):
     def fit(self, train: ImageSet, ctx: Context) -> ConfounderEncoder:
         eps = self.eps_for(train)
         # f's training recipe is part of what G depends on, so it is part of the key
-        f_recipe = repr(replace(ctx.recipe, epochs=self.p["classifier_epochs"]))
+        f_recipe = repr(with_epochs(ctx.recipe, self.p["classifier_epochs"]))
         path = ctx.cache_path(_key(train, {**self.p, "f_recipe": f_recipe}, ctx.seed, self.version) + ".pt")
         if path.exists():
             return ConfounderEncoder.load(path, ctx.device)

@@ -1,0 +1,105 @@
+"""Issue 15's fidelity fixes: each test fails on the code before its fix (real training on tiny data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from arena import Recipe, TrainingMod
+from arena.models import build_model
+from arena.params import ParamError
+from arena.tournament.config import ConfigError, load_config
+from arena.trainer import lr_factor, train_victim, with_epochs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BASE = {
+    "name": "fid",
+    "datasets": [{"name": "digits", "params": {"size": 16}, "train": 100, "test": 50}],
+    "protectors": ["none"],
+    "exploiters": ["none"],
+    "architectures": ["cnn-small"],
+    "recipe": {"epochs": 4},
+}
+
+
+def _config(tmp_path: Path, **change):
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump({**BASE, **change}))
+    return load_config(p)
+
+
+# -- 1. the step-decay schedule ------------------------------------------------------------------------
+def test_step_schedule_matches_torch_multisteplr() -> None:
+    r = Recipe(epochs=100, schedule="step", milestones=(75, 90), gamma=0.1)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    ref = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(r.milestones), gamma=r.gamma)
+    for epoch in range(r.epochs):
+        assert lr_factor(r, epoch, epoch / r.epochs) == pytest.approx(opt.param_groups[0]["lr"]), epoch
+        opt.step()
+        ref.step()
+
+
+class Snapshots(TrainingMod):
+    """Keeps a copy of the first conv's weights at every batch: what the learning rate did to them."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+
+    def perturb_batch(self, model, x, y, gen):
+        self.weights.append(next(model.parameters()).detach().clone())
+        return x
+
+
+def test_step_schedule_freezes_weights_after_a_zero_gamma_milestone(digits16) -> None:
+    """gamma 0 at milestone 1: the weights move in epoch 1 and never after (cosine would keep moving them)."""
+    mod = Snapshots()
+    recipe = Recipe(epochs=3, batch_size=128, schedule="step", milestones=(1,), gamma=0.0, crop_pad=0)
+    train_victim(build_model("cnn-small", 10, 3, 16, seed=0), digits16.train, None, recipe, seed=0, mods=[mod])
+    per_epoch = len(mod.weights) // 3
+    first, later = mod.weights[: per_epoch + 1], mod.weights[per_epoch + 1 :]
+    assert not torch.equal(first[0], first[-1]), "epoch 1 trains at the peak rate"
+    assert all(torch.equal(w, first[-1]) for w in later), "after the milestone the rate is gamma * lr = 0"
+
+
+@pytest.mark.parametrize("recipe,needle", [
+    ({"schedule": "step"}, "schedule 'step' needs param 'milestones'"),
+    ({"schedule": "step", "milestones": [3, 2]}, "param 'milestones' = [3, 2]: expected strictly increasing"),
+    ({"schedule": "step", "milestones": [2, 4]}, "param 'milestones' = [2, 4]: expected epochs in 1..3"),
+    ({"schedule": "step", "milestones": [0, 2]}, "param 'milestones' = [0, 2]: expected list of int >= 1"),
+    ({"schedule": "step", "milestones": "2,3"}, "param 'milestones' = '2,3': expected list of int"),
+    ({"milestones": [2]}, "milestones need schedule 'step'"),
+    ({"schedule": "step", "milestones": [2], "gamma": 2.0}, "param 'gamma' = 2.0"),
+])
+def test_bad_step_schedule_is_one_line_naming_the_key(tmp_path: Path, recipe: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _config(tmp_path, recipe={"epochs": 4, **recipe})
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "t.yaml") in msg and needle in msg, msg
+
+
+def test_step_schedule_parses_from_yaml_into_the_cell_keys(tmp_path: Path) -> None:
+    from arena.registry import get_registry
+    from arena.tournament.grid import expand
+
+    step = _config(tmp_path, recipe={"epochs": 4, "schedule": "step", "milestones": [2, 3], "gamma": 0.5})
+    assert step.recipe.milestones == (2, 3) and step.recipe.gamma == 0.5
+    assert step.architectures[0].recipe == step.recipe
+    other = _config(tmp_path, recipe={"epochs": 4, "schedule": "step", "milestones": [1, 3], "gamma": 0.5})
+    reg = get_registry()
+    keys = [set(expand(c, {0: "d"}, reg).cells) for c in (step, other)]
+    assert keys[0] and keys[0].isdisjoint(keys[1]), "a different milestone is a different victim training"
+    with pytest.raises(ParamError, match="milestones"):
+        Recipe(epochs=4, schedule="step", milestones=(4,))
+
+
+def test_with_epochs_keeps_the_milestones_where_they_were_relative_to_the_run() -> None:
+    r = with_epochs(Recipe(epochs=100, schedule="step", milestones=(75, 90)), 20)
+    assert r.epochs == 20 and r.milestones == (15, 18)
+    early = with_epochs(Recipe(epochs=100, schedule="step", milestones=(50, 51)), 2)
+    assert early.milestones == (1,), "milestones that fall on one epoch merge"
+    gone = with_epochs(Recipe(epochs=100, schedule="step", milestones=(1, 2)), 2)
+    assert gone.milestones == () and gone.schedule == "constant", "a milestone rounded to epoch 0 is dropped"
