@@ -29,6 +29,11 @@ class _Plugin:
     params: ClassVar[ParamSpec] = ParamSpec()
     version: ClassVar[str] = "1"  # bump when outputs change: it is part of every cache key
     kind: ClassVar[str] = "plugin"
+    # True for a plugin whose output depends on ``ctx.recipe`` (a surrogate trained with the victim's recipe,
+    # as ConfounderGAN's classifier): only then does a tournament hand it its own recipe and put that recipe
+    # into the stage's cache key. Others see the default ``Recipe()``, so one protect stage still serves
+    # tournaments that differ only in how the victim is trained.
+    uses_recipe: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.p: dict[str, Any] = self.params.validate(params, owner=f"{self.kind} '{self.name}'")

@@ -3,7 +3,9 @@
 Algorithm (what ``fit`` runs), for the labeled train split D = {(x, t)}:
 
 1. Pre-train a classifier f on the clean train split (ResNet-18 by default; the arena's victim trainer,
-   ``classifier_epochs`` epochs of the base recipe) and freeze it (eval mode, no gradients).
+   ``classifier_epochs`` epochs of the base recipe) and freeze it (eval mode, no gradients). In a tournament
+   the base recipe is the tournament's ``recipe:`` (``uses_recipe``; until issue 15 it was the default
+   ``Recipe()``), and it is part of the protect stage's key.
 2. Repeat for ``epochs`` passes over D in batches, Adam (lr 1e-3) for G and for D:
    a. noise n = G(x) = eps * tanh(h(x)), so ||n||_inf <= eps by construction;
    b. D step: maximize ``log D(x) + log(1 - D(x + n))`` (standard GAN loss, as BCE on logits);
@@ -247,6 +249,7 @@ class ConfounderGAN(Protector):
     summary = "a generator makes class-carrying noise; label-free one-pass encryption of new images"
     version = "1"
     supports_encoder = True
+    uses_recipe = True  # f is trained with the tournament's victim recipe (epochs: classifier_epochs)
     params = ParamSpec((
         Param("eps", float, None, "L-inf bound of G's output in [0,1] units; None: 8/255 up to 64 px, 16/255 above",
               low=0.0, high=1.0, optional=True),

@@ -103,3 +103,47 @@ def test_with_epochs_keeps_the_milestones_where_they_were_relative_to_the_run() 
     assert early.milestones == (1,), "milestones that fall on one epoch merge"
     gone = with_epochs(Recipe(epochs=100, schedule="step", milestones=(1, 2)), 2)
     assert gone.milestones == () and gone.schedule == "constant", "a milestone rounded to epoch 0 is dropped"
+
+
+# -- 2. plugins get the tournament's recipe; it keys the stages that read it -------------------------------
+def _protect_keys(cfg) -> dict[str, set[str]]:
+    from arena.registry import get_registry, load_extra_plugins
+    from arena.tournament.grid import expand
+
+    reg = get_registry()
+    load_extra_plugins(reg, cfg.plugin_modules)
+    g = expand(cfg, {0: "d"}, reg)
+    out: dict[str, set[str]] = {}
+    for job in g.protects.values():
+        out.setdefault(job.protector.name, set()).add(job.key)
+    return out
+
+
+def test_recipe_is_in_the_protect_key_only_of_protectors_that_read_it(tmp_path: Path) -> None:
+    prots = {"protectors": ["none", "confoundergan"]}
+    a = _protect_keys(_config(tmp_path, **prots, recipe={"epochs": 4}))
+    b = _protect_keys(_config(tmp_path, **prots, recipe={"epochs": 4, "lr": 0.05}))
+    assert a["confoundergan"] != b["confoundergan"], "ConfounderGAN trains its classifier f with the recipe"
+    assert a["none"] == b["none"], "a protector that ignores the recipe keeps one stage across recipes"
+    # two architectures with their own recipes: still one protect stage per protector in one tournament
+    archs = [{"name": "cnn-small"}, {"name": "cnn-small", "label": "long", "recipe": {"epochs": 8}}]
+    c = _protect_keys(_config(tmp_path, **prots, architectures=archs, recipe={"epochs": 4}))
+    assert c == a
+
+
+def test_worker_hands_the_protector_the_tournament_recipe(tmp_path: Path) -> None:
+    from arena.registry import get_registry, load_extra_plugins
+    from arena.tournament.grid import expand
+    from arena.tournament.runner import prepare_data
+    from arena.tournament.stagecache import StageCache
+    from arena.tournament.worker import StageRunner
+
+    cfg = _config(tmp_path, plugins=["tests.arena_test_plugins"], protectors=["test-recipe-echo"],
+                  recipe={"epochs": 3, "lr": 0.02})
+    cache = StageCache(tmp_path / "cache")
+    reg = get_registry()
+    load_extra_plugins(reg, cfg.plugin_modules)
+    (job,) = expand(cfg, prepare_data(cfg, cache), reg).protects.values()
+    meta = StageRunner(str(cache.root), plugin_modules=cfg.plugin_modules).protect(job)
+    assert meta["status"] == "ok", meta.get("error")
+    assert meta["info"] == {"recipe_epochs": cfg.recipe.epochs, "recipe_lr": cfg.recipe.lr}
