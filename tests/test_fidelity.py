@@ -147,3 +147,44 @@ def test_worker_hands_the_protector_the_tournament_recipe(tmp_path: Path) -> Non
     meta = StageRunner(str(cache.root), plugin_modules=cfg.plugin_modules).protect(job)
     assert meta["status"] == "ok", meta.get("error")
     assert meta["info"] == {"recipe_epochs": cfg.recipe.epochs, "recipe_lr": cfg.recipe.lr}
+
+
+# -- 3. class-wise EMN trains its surrogate on the whole split, tests and optimizes on the subset ------------
+def _model_step_images(monkeypatch, digits16, tmp_path, **params) -> tuple[set[int], dict]:
+    """Runs emn-classwise for one round and returns which train images its surrogate's model steps drew."""
+    from arena import Context
+    from arena.registry import get_registry
+    from plugins import emn_common
+
+    drawn: set[int] = set()
+    real = emn_common.model_steps
+
+    def watching(model, opt, batches, steps, X, Y, noise_of, grad_clip):
+        seen = [batches.next() for _ in range(steps)]  # the cycler continues where these left off
+        for idx in seen:
+            drawn.update(int(i) for i in torch.nonzero(
+                (X[idx].flatten(1)[:, None, :] == digits16.train.images.flatten(1)[None]).all(-1))[:, 1])
+        replay = iter(seen)
+        batches_next = batches.next
+        batches.next = lambda: next(replay)
+        try:
+            real(model, opt, batches, steps, X, Y, noise_of, grad_clip)
+        finally:
+            batches.next = batches_next
+
+    monkeypatch.setattr(emn_common, "model_steps", watching)
+    p = get_registry().protector("emn-classwise", {"surrogate": "cnn-small", "max_rounds": 1, "stop_error": 0.0,
+                                                   "batch_size": 64, "model_steps": 20, **params})
+    with pytest.warns(RuntimeWarning, match="max_rounds"):
+        p.protect(digits16.train, Context(seed=0, scratch=tmp_path / "s", cache_dir=tmp_path / "c"))
+    return drawn, p.last_info
+
+
+def test_classwise_surrogate_trains_on_the_whole_split(monkeypatch, digits16, tmp_path) -> None:
+    n = len(digits16.train)
+    drawn, info = _model_step_images(monkeypatch, digits16, tmp_path)
+    subset = info["subset_size"]
+    assert subset < n / 2
+    assert len(drawn) > subset, f"20 steps of 64 drew {len(drawn)} images: more than the {subset}-image subset"
+    old, old_info = _model_step_images(monkeypatch, digits16, tmp_path / "old", train_on="subset")
+    assert len(old) <= old_info["subset_size"] == subset, "train_on=subset keeps the previous behaviour"
