@@ -188,3 +188,19 @@ def test_classwise_surrogate_trains_on_the_whole_split(monkeypatch, digits16, tm
     assert len(drawn) > subset, f"20 steps of 64 drew {len(drawn)} images: more than the {subset}-image subset"
     old, old_info = _model_step_images(monkeypatch, digits16, tmp_path / "old", train_on="subset")
     assert len(old) <= old_info["subset_size"] == subset, "train_on=subset keeps the previous behaviour"
+
+
+# -- 4. iss-bdr posterizes as ISS's code does ----------------------------------------------------------------
+def test_iss_bdr_default_is_torchvision_posterize(digits16) -> None:
+    from torchvision.transforms import functional as TF
+
+    from arena import Context
+    from arena.registry import get_registry
+
+    reg = get_registry()
+    protected = digits16.train.subset(torch.arange(64), origin="protected:none")
+    for bits in (1, 2, 5):
+        out = reg.exploiter("iss-bdr", {"bits": bits}).purify(protected, None, Context()).images
+        assert torch.equal(out, TF.posterize(protected.images, bits)), bits
+    old = reg.exploiter("iss-bdr", {"bits": 2, "mode": "round"}).purify(protected, None, Context()).images
+    assert set(torch.unique(old).tolist()) <= {0, 85, 170, 255}, "mode=round keeps evenly spaced levels"
