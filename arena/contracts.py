@@ -93,6 +93,12 @@ class TrainingMod:
     """
 
     holdout_fraction: float = 0.0  # > 0: hold out this share of the protected train split as validation
+    # Early stopping with a validation split: stop once validation accuracy has not improved for this many
+    # epochs (0: train every epoch and only select the best one).
+    patience: int = 0
+    # This share of the held-out validation images is swapped for its clean originals by the arena (an
+    # attacker holding some clean labeled data; SEM's Table 5). The plugin never receives clean images.
+    clean_val_ratio: float = 0.0
     num_classes: int = 0  # set by the trainer before ``configure``: the K of N x K soft targets (MixUp, CutMix)
 
     def configure(self, recipe: Any) -> Any:

@@ -171,6 +171,20 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return torch.sort(perm[k:]).values, torch.sort(perm[:k]).values
 
 
+def with_clean_share(val_x: torch.Tensor, va_idx: torch.Tensor, clean: ImageSet | None, train: ImageSet,
+                     ratio: float, seed: int) -> torch.Tensor:
+    """The validation images with a seeded ``ratio`` of them replaced by the clean originals."""
+    if clean is None or len(clean) != len(train) or not torch.equal(clean.labels, train.labels):
+        raise ArenaError(f"clean_val_ratio = {ratio}: needs the clean train split this data was made from, "
+                         "image for image (a tournament cell or arena train; not a bare train_victim call)")
+    gen = torch.Generator().manual_seed(seed + 104729)
+    k = int(round(ratio * len(va_idx)))
+    pick = torch.randperm(len(va_idx), generator=gen)[:k]
+    out = val_x.clone()
+    out[pick] = clean.images[va_idx[pick]]
+    return out
+
+
 def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                            weight_decay=recipe.weight_decay)
@@ -187,10 +201,13 @@ def train_victim(
     mods: list[TrainingMod] | None = None,
     progress: Progress | None = None,
     description: str = "train",
+    clean_train: ImageSet | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` with the recipe changed by ``mods``; evaluate on ``test`` each epoch.
 
     Deterministic for a seed on CPU: shuffling and augmentation draw from one seeded generator.
+    ``clean_train`` is the clean split ``train`` was made from, image for image; only a mod's
+    ``clean_val_ratio`` reads it (clean images in the validation split), and no plugin code ever sees it.
     """
     device = torch.device(device)
     recipe = recipe or Recipe()
@@ -209,10 +226,15 @@ def train_victim(
 
     x_all, y_all = train.images, train.labels
     holdout = max([m.holdout_fraction for m in mods] + [0.0])
+    patience = max([getattr(m, "patience", 0) for m in mods] + [0])
+    clean_ratio = max([getattr(m, "clean_val_ratio", 0.0) for m in mods] + [0.0])
     val_x = val_y = None
     if holdout > 0:
         tr_idx, va_idx = holdout_split(len(train), holdout, seed)
-        val_x, val_y = x_all[va_idx].to(device), y_all[va_idx].to(device)
+        val_x, val_y = x_all[va_idx], y_all[va_idx].to(device)
+        if clean_ratio > 0:
+            val_x = with_clean_share(val_x, va_idx, clean_train, train, clean_ratio, seed)
+        val_x = val_x.to(device)
         x_all, y_all = x_all[tr_idx], y_all[tr_idx]
     X, Y = x_all.to(device), y_all.to(device)
     if test is not None:
@@ -283,12 +305,16 @@ def train_victim(
                 val_curve.append(evaluate(model, val_x, val_y, recipe.eval_batch_size, amp, chl))
                 info["val"] = val_curve[-1]
             task.advance(1, **info)
+            if patience and len(val_curve) - 1 - max(range(len(val_curve)), key=val_curve.__getitem__) >= patience:
+                break  # no better validation accuracy for ``patience`` epochs: the attacker stops here
     finally:
         task.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     extra: dict[str, float] = {}
+    if patience and val_x is not None:
+        extra["stopped_epoch"] = float(len(val_curve))
     specs = [m.robust_eval for m in mods if getattr(m, "robust_eval", None) is not None]
     if test is not None and specs:  # the arena attacks the victim; no plugin code sees the test split
         if len(specs) > 1:

@@ -204,3 +204,36 @@ def test_iss_bdr_default_is_torchvision_posterize(digits16) -> None:
         assert torch.equal(out, TF.posterize(protected.images, bits)), bits
     old = reg.exploiter("iss-bdr", {"bits": 2, "mode": "round"}).purify(protected, None, Context()).images
     assert set(torch.unique(old).tolist()) <= {0, 85, 170, 255}, "mode=round keeps evenly spaced levels"
+
+
+# -- 5. early stopping: patience and a clean share of the validation split ------------------------------------
+def _early_stopped(digits16, params: dict, protector: str = "none", epochs: int = 12):
+    from arena import Context
+    from arena.registry import get_registry
+    from arena.stages import run_protect, run_train
+
+    reg = get_registry()
+    ctx = Context(seed=0)
+    prot = run_protect(reg.protector(protector, {"ratio": 0.25} if protector != "none" else {}), digits16.train, ctx)
+    ex = reg.exploiter("early-stopping", params)
+    return run_train("cnn-small", prot.data, digits16.test, Recipe(epochs=epochs, crop_pad=0, amp="off"), seed=0,
+                     ctx=ctx, exploiters=[ex], clean_train=digits16.train)
+
+
+def test_patience_stops_training_once_validation_stalls(digits16) -> None:
+    patience = 2
+    res = _early_stopped(digits16, {"patience": patience, "holdout_fraction": 0.2})
+    stopped = int(res.extra["stopped_epoch"])
+    assert stopped < res.epochs and len(res.acc_curve) == len(res.val_curve) == stopped
+    assert stopped - res.selected_epoch == patience
+    assert max(res.val_curve[res.selected_epoch:]) <= res.val_curve[res.selected_epoch - 1]
+
+
+def test_clean_validation_share_tracks_clean_test_accuracy(digits16) -> None:
+    """On a class-patch shortcut, a protected validation split scores the shortcut; a clean one scores what
+    the victim learnt, as the clean test split does."""
+    gap = []
+    for ratio in (0.0, 1.0):
+        res = _early_stopped(digits16, {"clean_val_ratio": ratio, "holdout_fraction": 0.2}, "classwise-patch", 4)
+        gap.append(sum(abs(v - t) for v, t in zip(res.val_curve, res.acc_curve)) / len(res.val_curve))
+    assert gap[1] < gap[0] / 2, gap

@@ -187,7 +187,8 @@ class StageRunner:
                                   if cell.subset != CLEAN_ONLY else [])
                     ctx = self._ctx(cell.seed, cell.exploiter.label, cell.plugin_hash)
                     res = run_train(cell.arch.name, data, test, cell.train_recipe(), seed=cell.seed,
-                                    ctx=ctx, exploiters=exploiters, description=cell.label())
+                                    ctx=ctx, exploiters=exploiters, description=cell.label(),
+                                    clean_train=self.splits(cell.data_key).train)
             finally:  # the victim was evaluated on exactly the stored test split
                 self._check_memory(cell.data_key, ("test",))
             if not math.isfinite(res.clean_acc):
