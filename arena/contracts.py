@@ -89,8 +89,13 @@ class Encoder:
 class TrainingMod:
     """A change to the victim's training recipe. Every method is optional; defaults change nothing.
 
-    Order inside a training step: base crop+flip -> ``transform_batch`` -> ``perturb_batch`` -> SGD step.
+    Order inside a training step: base crop+flip -> ``transform_batch`` -> ``perturb_batch`` -> SGD step;
+    a mod with ``before_crop_flip`` has its ``transform_batch`` run before the base crop+flip instead.
     """
+
+    # True: this mod's ``transform_batch`` runs before the recipe's crop+flip (Fast AutoAugment in EMN's
+    # and Fast AutoAugment's own code is the first transform of the pipeline, before RandomCrop).
+    before_crop_flip: bool = False
 
     holdout_fraction: float = 0.0  # > 0: hold out this share of the protected train split as validation
     # Early stopping with a validation split: stop once validation accuracy has not improved for this many

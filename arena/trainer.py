@@ -220,6 +220,8 @@ def train_victim(
         m.num_classes = train.num_classes
         recipe = m.configure(recipe)
     amp = use_amp(recipe.amp, device)
+    first = [m for m in mods if getattr(m, "before_crop_flip", False)]
+    then = [m for m in mods if not getattr(m, "before_crop_flip", False)]
     chl = use_channels_last(recipe.channels_last, device)
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -270,9 +272,11 @@ def train_victim(
                 idx = perm[b * bs : (b + 1) * bs]
                 xb = X[idx].float().div_(255.0)
                 yb = Y[idx]
-                xb = crop_flip(xb, recipe.crop_pad, recipe.flip, gen)
                 target = yb
-                for m in mods:
+                for m in first:
+                    xb, target = m.transform_batch(xb, target, gen)
+                xb = crop_flip(xb, recipe.crop_pad, recipe.flip, gen)
+                for m in then:
                     xb, target = m.transform_batch(xb, target, gen)
                 for m in mods:
                     xb = m.perturb_batch(run_model, xb, target, gen)

@@ -237,3 +237,43 @@ def test_clean_validation_share_tracks_clean_test_accuracy(digits16) -> None:
         res = _early_stopped(digits16, {"clean_val_ratio": ratio, "holdout_fraction": 0.2}, "classwise-patch", 4)
         gap.append(sum(abs(v - t) for v, t in zip(res.val_curve, res.acc_curve)) / len(res.val_curve))
     assert gap[1] < gap[0] / 2, gap
+
+
+# -- 6. AutoAugment runs before the recipe's crop+flip, as EMN's Fast AutoAugment --------------------------
+class Whiten(TrainingMod):
+    """Sets every image to white: whatever the crop pads in afterwards stays black, so the order shows."""
+
+    def __init__(self, first: bool) -> None:
+        self.before_crop_flip = first
+
+    def transform_batch(self, x, y, gen):
+        return torch.ones_like(x), y
+
+
+class Seen(TrainingMod):
+    def __init__(self) -> None:
+        self.batches: list[torch.Tensor] = []
+
+    def perturb_batch(self, model, x, y, gen):
+        self.batches.append(x.detach().clone())
+        return x
+
+
+def _black_share(digits16, mod: TrainingMod) -> float:
+    spy = Seen()
+    recipe = Recipe(epochs=1, batch_size=128, crop_pad=4, flip=True, amp="off")
+    train_victim(build_model("cnn-small", 10, 3, 16, seed=0), digits16.train, None, recipe, seed=0, mods=[mod, spy])
+    return float((torch.cat(spy.batches) == 0).float().mean())
+
+
+def test_before_crop_flip_mods_run_before_the_recipe_crop(digits16) -> None:
+    assert _black_share(digits16, Whiten(first=False)) == 0.0, "whitened after the crop: no padding left"
+    assert _black_share(digits16, Whiten(first=True)) > 0.2, "whitened first: the crop's zero padding shows"
+
+
+def test_autoaugment_runs_first_by_default() -> None:
+    from arena.registry import get_registry
+
+    reg = get_registry()
+    assert reg.exploiter("autoaugment").training_mod(None).before_crop_flip
+    assert not reg.exploiter("autoaugment", {"order": "after-crop-flip"}).training_mod(None).before_crop_flip
