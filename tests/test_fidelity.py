@@ -277,3 +277,45 @@ def test_autoaugment_runs_first_by_default() -> None:
     reg = get_registry()
     assert reg.exploiter("autoaugment").training_mod(None).before_crop_flip
     assert not reg.exploiter("autoaugment", {"order": "after-crop-flip"}).training_mod(None).before_crop_flip
+
+
+# -- 7. JCDP's reference sampler: fixed-large variance, MSE guidance for t > 10, LPIPS at t <= 10 ------------
+JCDP_TINY = {"ddpm_channels": "8,16", "ddpm_steps": 40, "ddpm_batch_size": 32, "ckpt_every": 10,
+             "n_rounds": 1, "batch_size": 16}
+
+
+def _purified(digits16, tmp_path: Path, name: str, **params) -> torch.Tensor:
+    from arena import Context
+    from arena.registry import get_registry
+    from arena.stages import run_purify
+
+    sub = digits16.train.subset(list(range(16)))
+    prot = sub.with_images(sub.images.clone(), "protected:test")
+    ex = get_registry().exploiter(name, {**JCDP_TINY, **params})
+    ctx = Context(seed=0, scratch=tmp_path / "s", cache_dir=tmp_path / "c")
+    return run_purify([ex], prot, digits16.raw, ctx).data.images
+
+
+@pytest.mark.filterwarnings("ignore:jcdp. ImageNet AlexNet")
+def test_jcdp_reference_sampler_guides_with_mse_only_above_t10(digits16, tmp_path) -> None:
+    """A walk of 8 steps (t = 7..0) is all LPIPS territory: with LPIPS off, even a strong MSE weight leaves
+    the reference walk exactly unguided; the earlier posterior sampler pulls every step."""
+    walk = {"t_p": 8, "lambda1": 2000.0, "lambda2": 0.0}
+    uncond = _purified(digits16, tmp_path, "jcdp-uncond", t_p=8)
+    assert torch.equal(_purified(digits16, tmp_path, "jcdp", **walk), uncond)
+    old_uncond = _purified(digits16, tmp_path, "jcdp-uncond", t_p=8, sampler="posterior")
+    assert not torch.equal(old_uncond, uncond), "the reference walk adds beta_t noise, not beta_tilde_t"
+    old = _purified(digits16, tmp_path, "jcdp", **walk, sampler="posterior")
+    assert not torch.equal(old, old_uncond)
+    # above the switch the MSE term acts: a 14-step walk now differs from the unguided one
+    deep = {**walk, "t_p": 14}
+    assert not torch.equal(_purified(digits16, tmp_path, "jcdp", **deep),
+                           _purified(digits16, tmp_path, "jcdp-uncond", t_p=14))
+
+
+def test_fixed_large_variance_is_beta_t() -> None:
+    from plugins import ddpm
+
+    s = ddpm.schedule()
+    assert torch.equal(s["fixed_large_var"][1:], s["betas"][1:])
+    assert s["fixed_large_var"][0] == s["post_var"][1], "guided-diffusion's fixedlarge takes beta_tilde_1 at t=0"
