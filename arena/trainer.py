@@ -258,7 +258,7 @@ def train_victim(
     curve: list[float] = []
     val_curve: list[float] = []
     train_acc = 0.0
-    step = 0
+    step = 0  # counts optimizer steps actually taken (early stopping may end the run before ``total``)
     t0 = time.perf_counter()
     task = (progress or Progress()).task(description, total=recipe.epochs)
     model.train()
@@ -338,7 +338,7 @@ def train_victim(
         selected_epoch=sel_epoch + 1 if sel_epoch is not None else None,
         val_curve=val_curve,
         extra=extra,
-        images_per_s=recipe.epochs * steps_per_epoch * bs / max(seconds, 1e-9),
+        images_per_s=step * bs / max(seconds, 1e-9),
     )
 
 
