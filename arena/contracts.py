@@ -33,6 +33,11 @@ class _Plugin:
     # the check runs the contract on tiny 16 px data on a CPU, so it must take seconds, while the defaults
     # are the paper's (thousands of ResNet-18 steps). Only the author knows which knobs make a run small.
     check_params: ClassVar[dict[str, Any]] = {}
+    # True for a plugin whose output depends on ``ctx.recipe`` (a surrogate trained with the victim's recipe,
+    # as ConfounderGAN's classifier): only then does a tournament hand it its own recipe and put that recipe
+    # into the stage's cache key. Others see the default ``Recipe()``, so one protect stage still serves
+    # tournaments that differ only in how the victim is trained.
+    uses_recipe: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.p: dict[str, Any] = self.params.validate(params, owner=f"{self.kind} '{self.name}'")
@@ -88,10 +93,21 @@ class Encoder:
 class TrainingMod:
     """A change to the victim's training recipe. Every method is optional; defaults change nothing.
 
-    Order inside a training step: base crop+flip -> ``transform_batch`` -> ``perturb_batch`` -> SGD step.
+    Order inside a training step: base crop+flip -> ``transform_batch`` -> ``perturb_batch`` -> SGD step;
+    a mod with ``before_crop_flip`` has its ``transform_batch`` run before the base crop+flip instead.
     """
 
+    # True: this mod's ``transform_batch`` runs before the recipe's crop+flip (Fast AutoAugment in EMN's
+    # and Fast AutoAugment's own code is the first transform of the pipeline, before RandomCrop).
+    before_crop_flip: bool = False
+
     holdout_fraction: float = 0.0  # > 0: hold out this share of the protected train split as validation
+    # Early stopping with a validation split: stop once validation accuracy has not improved for this many
+    # epochs (0: train every epoch and only select the best one).
+    patience: int = 0
+    # This share of the held-out validation images is swapped for its clean originals by the arena (an
+    # attacker holding some clean labeled data; SEM's Table 5). The plugin never receives clean images.
+    clean_val_ratio: float = 0.0
     num_classes: int = 0  # set by the trainer before ``configure``: the K of N x K soft targets (MixUp, CutMix)
 
     def configure(self, recipe: Any) -> Any:

@@ -21,7 +21,7 @@ class ParamError(ArenaError, ValueError):
     """A parameter value is unknown, of the wrong type or out of range."""
 
 
-_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
+_TYPES = {int: "int", float: "float", bool: "bool", str: "str", tuple: "list of int"}
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,21 @@ class Param:
                     raise ParamError(f"{where} = {shown}: expected a finite {self.accepted()}")
         elif t is str:
             ok = isinstance(value, str)
+        elif t is tuple:  # a list of ints (YAML ``[75, 90]``), kept as a tuple so a Recipe stays hashable
+            ok = isinstance(value, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                          for x in value)
+            if ok:
+                value = tuple(value)
         if not ok:
             raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
         if self.pattern is not None and isinstance(value, str) and re.fullmatch(self.pattern, value) is None:
             raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
         if self.choices is not None and value not in self.choices:
             raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
-        if self.low is not None and value < self.low:
+        items = value if isinstance(value, tuple) else (value,)  # a list's bounds hold for each element
+        if self.low is not None and any(x < self.low for x in items):
             raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
-        if self.high is not None and value > self.high:
+        if self.high is not None and any(x > self.high for x in items):
             raise ParamError(f"{where} = {shown}: expected {self.accepted()}")
         return value
 

@@ -138,12 +138,14 @@ def run_purify(exploiters: list[Exploiter], protected: ImageSet, raw: ImageSet |
 
 
 def run_train(arch: str, train: ImageSet, test: ImageSet, recipe: Recipe, *, seed: int, ctx: Context,
-              exploiters: list[Exploiter] | None = None, description: str = "victim") -> TrainResult:
-    """Train and evaluate the victim with the exploiters' recipe changes."""
+              exploiters: list[Exploiter] | None = None, description: str = "victim",
+              clean_train: ImageSet | None = None) -> TrainResult:
+    """Train and evaluate the victim with the exploiters' recipe changes. ``clean_train`` (the clean split
+    ``train`` was made from) goes to the trainer only, for a clean share of early stopping's validation split."""
     exploiters = exploiters or []
     check_composable(exploiters)
     mods = [m for m in (e.training_mod(ctx) for e in exploiters) if m is not None]
     c, h, _ = train.shape
     model = build_model(arch, train.num_classes, c, h, seed=seed)
     return train_victim(model, train, test, recipe, seed=seed, device=ctx.device, mods=mods,
-                        progress=ctx.progress, description=description)
+                        progress=ctx.progress, description=description, clean_train=clean_train)

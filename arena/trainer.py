@@ -8,6 +8,7 @@ because the clean test accuracy of every epoch is already measured.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from .augment import crop_flip
 from .contracts import TrainingMod
 from .data import ImageSet
-from .params import ArenaError, Param, ParamSpec
+from .params import ArenaError, Param, ParamError, ParamSpec
 from .precision import resolve_amp
 from .progress import Progress
 from .robust import robust_accuracy
@@ -35,7 +36,11 @@ RECIPE_PARAMS = ParamSpec((
     Param("lr", float, 0.1, "peak SGD learning rate", low=0.0),
     Param("momentum", float, 0.9, low=0.0, high=1.0),
     Param("weight_decay", float, 5e-4, low=0.0),
-    Param("schedule", str, "cosine", choices=("cosine", "constant")),
+    Param("schedule", str, "cosine", "learning-rate schedule: cosine to 0, constant, or step (x gamma at each "
+          "milestone)", choices=("cosine", "constant", "step")),
+    Param("milestones", tuple, (), "schedule 'step': the epochs (increasing, 1..epochs-1) where lr is multiplied "
+          "by gamma, e.g. [75, 90]", low=1),
+    Param("gamma", float, 0.1, "schedule 'step': the factor applied at each milestone", low=0.0, high=1.0),
     Param("crop_pad", int, 4, "random-crop padding in pixels (0: no crop)", low=0),
     Param("flip", bool, True, "random horizontal flip"),
     Param("eval_batch_size", int, 1024, low=1),
@@ -57,6 +62,8 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
     crop_pad: int = 4
     flip: bool = True
     eval_batch_size: int = 1024
@@ -65,12 +72,44 @@ class Recipe:
     compile: bool = False
     grad_clip: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_schedule(self.to_dict(), "recipe")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, owner: str = "recipe") -> Recipe:
-        return cls(**RECIPE_PARAMS.validate(values, owner))
+        values = RECIPE_PARAMS.validate(values, owner)
+        check_schedule(values, owner)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_schedule(values: dict[str, Any], owner: str) -> None:
+    """The checks one parameter cannot make alone: milestones only mean something to ``step``, and one at
+    or past the last epoch would never fire (a silent no-op that looks like a reproduced paper)."""
+    ms, epochs = tuple(values.get("milestones", ())), values.get("epochs", 1)
+    where = f"{owner}: param 'milestones' = {list(ms)}"
+    if values.get("schedule") == "step":
+        if not ms:
+            raise ParamError(f"{owner}: schedule 'step' needs param 'milestones' (increasing epochs, e.g. [75, 90])")
+        if any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ParamError(f"{where}: expected strictly increasing epochs")
+        if ms[0] < 1 or ms[-1] >= epochs:
+            raise ParamError(f"{where}: expected epochs in 1..{epochs - 1} (epochs = {epochs})")
+    elif ms:
+        raise ParamError(f"{where}: milestones need schedule 'step' (schedule = {values.get('schedule')!r})")
+
+
+def lr_factor(recipe: Recipe, epoch: float, progress: float) -> float:
+    """The learning rate as a fraction of the peak, at fractional ``epoch`` (0-based) and training progress
+    ``progress`` in [0, 1). ``step`` counts milestones passed like ``torch.optim.lr_scheduler.MultiStepLR``
+    stepped once per epoch: milestone 75 makes epochs 0..74 train at lr and epoch 75 on at lr * gamma."""
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if recipe.schedule == "step":
+        return recipe.gamma ** bisect.bisect_right(recipe.milestones, int(epoch))
+    return 1.0
 
 
 @dataclass
@@ -132,6 +171,20 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return torch.sort(perm[k:]).values, torch.sort(perm[:k]).values
 
 
+def with_clean_share(val_x: torch.Tensor, va_idx: torch.Tensor, clean: ImageSet | None, train: ImageSet,
+                     ratio: float, seed: int) -> torch.Tensor:
+    """The validation images with a seeded ``ratio`` of them replaced by the clean originals."""
+    if clean is None or len(clean) != len(train) or not torch.equal(clean.labels, train.labels):
+        raise ArenaError(f"clean_val_ratio = {ratio}: needs the clean train split this data was made from, "
+                         "image for image (a tournament cell or arena train; not a bare train_victim call)")
+    gen = torch.Generator().manual_seed(seed + 104729)
+    k = int(round(ratio * len(va_idx)))
+    pick = torch.randperm(len(va_idx), generator=gen)[:k]
+    out = val_x.clone()
+    out[pick] = clean.images[va_idx[pick]]
+    return out
+
+
 def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                            weight_decay=recipe.weight_decay)
@@ -148,10 +201,13 @@ def train_victim(
     mods: list[TrainingMod] | None = None,
     progress: Progress | None = None,
     description: str = "train",
+    clean_train: ImageSet | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` with the recipe changed by ``mods``; evaluate on ``test`` each epoch.
 
     Deterministic for a seed on CPU: shuffling and augmentation draw from one seeded generator.
+    ``clean_train`` is the clean split ``train`` was made from, image for image; only a mod's
+    ``clean_val_ratio`` reads it (clean images in the validation split), and no plugin code ever sees it.
     """
     device = torch.device(device)
     recipe = recipe or Recipe()
@@ -164,16 +220,23 @@ def train_victim(
         m.num_classes = train.num_classes
         recipe = m.configure(recipe)
     amp = use_amp(recipe.amp, device)
+    first = [m for m in mods if getattr(m, "before_crop_flip", False)]
+    then = [m for m in mods if not getattr(m, "before_crop_flip", False)]
     chl = use_channels_last(recipe.channels_last, device)
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
 
     x_all, y_all = train.images, train.labels
     holdout = max([m.holdout_fraction for m in mods] + [0.0])
+    patience = max([getattr(m, "patience", 0) for m in mods] + [0])
+    clean_ratio = max([getattr(m, "clean_val_ratio", 0.0) for m in mods] + [0.0])
     val_x = val_y = None
     if holdout > 0:
         tr_idx, va_idx = holdout_split(len(train), holdout, seed)
-        val_x, val_y = x_all[va_idx].to(device), y_all[va_idx].to(device)
+        val_x, val_y = x_all[va_idx], y_all[va_idx].to(device)
+        if clean_ratio > 0:
+            val_x = with_clean_share(val_x, va_idx, clean_train, train, clean_ratio, seed)
+        val_x = val_x.to(device)
         x_all, y_all = x_all[tr_idx], y_all[tr_idx]
     X, Y = x_all.to(device), y_all.to(device)
     if test is not None:
@@ -190,14 +253,12 @@ def train_victim(
     total = recipe.epochs * steps_per_epoch
 
     def lr_at(step: int) -> float:
-        if recipe.schedule == "cosine":
-            return recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-        return recipe.lr
+        return recipe.lr * lr_factor(recipe, step // steps_per_epoch, step / total)
 
     curve: list[float] = []
     val_curve: list[float] = []
     train_acc = 0.0
-    step = 0
+    step = 0  # counts optimizer steps actually taken (early stopping may end the run before ``total``)
     t0 = time.perf_counter()
     task = (progress or Progress()).task(description, total=recipe.epochs)
     model.train()
@@ -213,9 +274,11 @@ def train_victim(
                 idx = perm[b * bs : (b + 1) * bs]
                 xb = X[idx].float().div_(255.0)
                 yb = Y[idx]
-                xb = crop_flip(xb, recipe.crop_pad, recipe.flip, gen)
                 target = yb
-                for m in mods:
+                for m in first:
+                    xb, target = m.transform_batch(xb, target, gen)
+                xb = crop_flip(xb, recipe.crop_pad, recipe.flip, gen)
+                for m in then:
                     xb, target = m.transform_batch(xb, target, gen)
                 for m in mods:
                     xb = m.perturb_batch(run_model, xb, target, gen)
@@ -248,12 +311,16 @@ def train_victim(
                 val_curve.append(evaluate(model, val_x, val_y, recipe.eval_batch_size, amp, chl))
                 info["val"] = val_curve[-1]
             task.advance(1, **info)
+            if patience and len(val_curve) - 1 - max(range(len(val_curve)), key=val_curve.__getitem__) >= patience:
+                break  # no better validation accuracy for ``patience`` epochs: the attacker stops here
     finally:
         task.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     extra: dict[str, float] = {}
+    if patience and val_x is not None:
+        extra["stopped_epoch"] = float(len(val_curve))
     specs = [m.robust_eval for m in mods if getattr(m, "robust_eval", None) is not None]
     if test is not None and specs:  # the arena attacks the victim; no plugin code sees the test split
         if len(specs) > 1:
@@ -273,9 +340,16 @@ def train_victim(
         selected_epoch=sel_epoch + 1 if sel_epoch is not None else None,
         val_curve=val_curve,
         extra=extra,
-        images_per_s=recipe.epochs * steps_per_epoch * bs / max(seconds, 1e-9),
+        images_per_s=step * bs / max(seconds, 1e-9),
     )
 
 
 def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
-    return replace(recipe, epochs=epochs)
+    """``recipe`` run for ``epochs``: step milestones keep their place relative to the run (75/90 of 100
+    epochs become 15/18 of 20), so a shortened run (a surrogate, a smoke test) decays as the long one does.
+    Milestones that fall together or past the end are dropped; a step schedule left with none is constant."""
+    if recipe.schedule != "step":
+        return replace(recipe, epochs=epochs)
+    scaled = sorted({round(m * epochs / recipe.epochs) for m in recipe.milestones})
+    ms = tuple(m for m in scaled if 1 <= m < epochs)
+    return replace(recipe, epochs=epochs, milestones=ms, schedule="step" if ms else "constant")

@@ -24,6 +24,10 @@ images, so the order is ``augment(x + delta)``, as METHODS.md requires.
   its own sub-policy, op coin flips and signs, images are grouped by (op, magnitude, sign) for each of the
   two op slots, and each group goes through ``torchvision.transforms.v2.functional`` as one uint8 batch
   tensor. Slot 1 runs after slot 0 for every image, so each image sees its ops in policy order.
+  Order (issue 15): the policy runs **before** the recipe's crop+flip (``order="first"``, default), as in
+  EMN's data pipeline and Fast AutoAugment's own (``transforms.insert(0, Augmentation(policy))``): the
+  padding a crop brings in stays black instead of being inverted, contrast-shifted or sheared by the
+  policy. ``order="after-crop-flip"`` keeps the earlier order. Other augmentations still follow crop+flip.
 
 MixUp's and CutMix's soft targets are N x K float rows summing to 1 (K from ``TrainingMod.num_classes``,
 which the trainer sets); targets that arrive already soft (another mixing exploiter before this one) are
@@ -292,6 +296,9 @@ def autoaugment(x: torch.Tensor, gen: torch.Generator, policy=CIFAR10_POLICY) ->
 
 
 class AutoAugmentMod(TrainingMod):
+    def __init__(self, first: bool = True) -> None:
+        self.before_crop_flip = first
+
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         return autoaugment(x, gen), y
@@ -300,10 +307,14 @@ class AutoAugmentMod(TrainingMod):
 class AutoAugment(Exploiter):
     name = "autoaugment"
     summary = "AutoAugment, torchvision's CIFAR-10 policy, sampled per image"
-    params = ParamSpec()
+    params = ParamSpec((
+        Param("order", str, "first", "first: the policy runs before the recipe's crop+flip (EMN's Fast "
+              "AutoAugment); after-crop-flip: after it (this plugin before issue 15)",
+              choices=("first", "after-crop-flip")),
+    ))
 
     def training_mod(self, ctx: Any) -> TrainingMod:
-        return AutoAugmentMod()
+        return AutoAugmentMod(first=self.p["order"] == "first")
 
 
 @hookimpl

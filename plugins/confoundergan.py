@@ -3,7 +3,9 @@
 Algorithm (what ``fit`` runs), for the labeled train split D = {(x, t)}:
 
 1. Pre-train a classifier f on the clean train split (ResNet-18 by default; the arena's victim trainer,
-   ``classifier_epochs`` epochs of the base recipe) and freeze it (eval mode, no gradients).
+   ``classifier_epochs`` epochs of the base recipe) and freeze it (eval mode, no gradients). In a tournament
+   the base recipe is the tournament's ``recipe:`` (``uses_recipe``; until issue 15 it was the default
+   ``Recipe()``), and it is part of the protect stage's key.
 2. Repeat for ``epochs`` passes over D in batches, Adam (lr 1e-3) for G and for D:
    a. noise n = G(x) = eps * tanh(h(x)), so ||n||_inf <= eps by construction;
    b. D step: maximize ``log D(x) + log(1 - D(x + n))`` (standard GAN loss, as BCE on logits);
@@ -73,7 +75,6 @@ import json
 import math
 import os
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -93,6 +94,7 @@ from arena import (
     hookimpl,
     quantize,
 )
+from arena.trainer import with_epochs
 
 FORMAT = "arena-confoundergan-generator"
 # The paper trains G for a fixed number of epochs and names no stopping rule, but its objective is that the
@@ -247,6 +249,7 @@ class ConfounderGAN(Protector):
     summary = "a generator makes class-carrying noise; label-free one-pass encryption of new images"
     version = "1"
     supports_encoder = True
+    uses_recipe = True  # f is trained with the tournament's victim recipe (epochs: classifier_epochs)
     params = ParamSpec((
         Param("eps", float, None, "L-inf bound of G's output in [0,1] units; None: 8/255 up to 64 px, 16/255 above",
               low=0.0, high=1.0, optional=True),
@@ -284,7 +287,7 @@ class ConfounderGAN(Protector):
     def _classifier(self, train: ImageSet, ctx: Context) -> nn.Module:
         """f, pre-trained on the clean train split with the arena's trainer, then frozen."""
         f = ctx.build_model(self.p["classifier"], train, seed=ctx.seed + 101)
-        recipe = replace(ctx.recipe, epochs=self.p["classifier_epochs"])
+        recipe = with_epochs(ctx.recipe, self.p["classifier_epochs"])
         path = ctx.cache_path(_key(train, {"classifier": self.p["classifier"], "recipe": repr(recipe)},
                                    ctx.seed, self.version) + "-f.pt")
         if path.exists():
@@ -361,7 +364,7 @@ class ConfounderGAN(Protector):
     def fit(self, train: ImageSet, ctx: Context) -> ConfounderEncoder:
         eps = self.eps_for(train)
         # f's training recipe is part of what G depends on, so it is part of the key
-        f_recipe = repr(replace(ctx.recipe, epochs=self.p["classifier_epochs"]))
+        f_recipe = repr(with_epochs(ctx.recipe, self.p["classifier_epochs"]))
         path = ctx.cache_path(_key(train, {**self.p, "f_recipe": f_recipe}, ctx.seed, self.version) + ".pt")
         if path.exists():
             return ConfounderEncoder.load(path, ctx.device)

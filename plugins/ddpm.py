@@ -147,6 +147,9 @@ def schedule(device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         "ct": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
         # the log-variance clipped as in DDPM/guided-diffusion: at t = 0 use the t = 1 value
         "post_var_clipped": torch.cat([post_var[1:2], post_var[1:]]),
+        # DDPM's other fixed choice, sigma_t^2 = beta_t ("fixedlarge" in guided-diffusion, which also takes the
+        # posterior variance at t = 0): the variance JCDP's reference sampler walks with
+        "fixed_large_var": torch.cat([post_var[1:2], betas[1:]]),
     }
     return {k: v.float().to(device) for k, v in out.items()}
 

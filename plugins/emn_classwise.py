@@ -8,7 +8,7 @@ same pattern delta_k, optimized (rather than drawn at random) to be the easiest 
     f <- surrogate (ResNet-18) trained from scratch; SGD lr 0.1 (constant), momentum 0.9,
          wd 5e-4, grad-norm clip 5, batch 512, no augmentation
     repeat
-        M = 10 SGD steps of f on clamp(x + delta_y), x in S         (BatchNorm in train mode)
+        M = 10 SGD steps of f on clamp(x + delta_y), x in the whole train split  (BatchNorm in train mode)
         for every batch of S (one pass, shuffled):                   (BatchNorm in eval mode)
             eta_i <- 1 step of x' <- clamp(x' - step * sign(grad CE(f(x'), y)), 0, 1)
                      from x' = clamp(x_i + delta_{y_i}), eta_i = clamp(x' - x_i, -eps, eps)
@@ -23,6 +23,11 @@ one PGD step per batch, stop at training error < 0.1. The reference scripts for 
 the 0.1 rule can fire before the noise matters, because the surrogate fits the clean content itself:
 on digits (16 px, cnn-small surrogate) it stopped after 5 rounds with the noise at 4/255 and the victim
 kept its clean accuracy; ``stop_error=0.01`` with ``batch_size=64`` gave a working class shortcut.
+
+As in the reference code (``perturbation.py``: ``universal_perturbation`` draws its model steps from
+``train_dataset`` and runs the noise pass and the stop test on ``universal_train_target``, the subset), the
+surrogate trains on the whole split and only the noise pass and the stop test are limited to S. Until
+issue 15 the surrogate trained on S alone; ``train_on="subset"`` keeps that (cheaper, a weaker surrogate).
 
 Differences from the reference code (github.com/HanxunH/Unlearnable-Examples), on purpose:
 
@@ -55,10 +60,12 @@ from plugins import emn_common as emn
 class EMNClasswise(emn.EMNProtector):
     name = "emn-classwise"
     summary = "error-minimizing noise, one delta per class (Huang et al., ICLR 2021)"
-    version = "1"
+    version = "2"
     params = ParamSpec((
         *emn.common_params(stop_error=0.1, pgd_steps=1, max_rounds=200),
         Param("subset", float, 0.2, "share of the train split the noise is optimized on", low=0.0, high=1.0),
+        Param("train_on", str, "full", "images of the surrogate's model steps: the full split (reference code) "
+              "or the subset (this plugin before issue 15)", choices=("full", "subset")),
     ))
     check_params: ClassVar[dict[str, Any]] = {"surrogate": "cnn-small", "pgd_steps": 2, "max_rounds": 2,
                                               "model_steps": 2, "batch_size": 16}
@@ -92,9 +99,16 @@ class EMNClasswise(emn.EMNProtector):
                 mean = sums[seen] / counts[seen].to(sums.dtype).view(-1, 1, 1, 1)
                 delta[seen] = mean.clamp_(-eps, eps)
 
-        info = emn.alternate(self.name, p, model, opt, batches, X, Y, noise_of, noise_pass, ctx.progress)
+        model_data = None
+        if p["train_on"] == "full":
+            XF, YF = train.images.to(dev), train.labels.to(dev)
+            model_data = emn.ModelData(emn.BatchCycler(XF.shape[0], p["batch_size"], ctx.generator(103, device=dev),
+                                                       dev), XF, YF, lambda idx: delta[YF[idx]])
+        info = emn.alternate(self.name, p, model, opt, batches, X, Y, noise_of, noise_pass, ctx.progress,
+                             model_data)
         images = quantize(train.images, delta.cpu()[train.labels], eps)
-        info.update(eps=eps, step=step, subset_size=int(sub.numel()))
+        info.update(eps=eps, step=step, subset_size=int(sub.numel()),
+                    surrogate_train_size=len(train) if p["train_on"] == "full" else int(sub.numel()))
         return images, info, model
 
 

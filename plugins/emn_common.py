@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -152,18 +152,31 @@ def min_min(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, delta: tor
     return delta
 
 
+class ModelData(NamedTuple):
+    """The images the surrogate's model steps draw batches from, with the noise each one carries."""
+
+    batches: BatchCycler
+    X: torch.Tensor
+    Y: torch.Tensor
+    noise_of: Callable[[torch.Tensor], torch.Tensor]
+
+
 def alternate(name: str, p: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
               batches: BatchCycler, X: torch.Tensor, Y: torch.Tensor,
               noise_of: Callable[[torch.Tensor], torch.Tensor], noise_pass: Callable[[], None],
-              progress: Any) -> dict[str, Any]:
+              progress: Any, model_data: ModelData | None = None) -> dict[str, Any]:
     """The min-min loop both variants share: M model steps, one noise pass (frozen surrogate), the stop
     test on clamp(x + delta); until the surrogate's error is below ``stop_error`` or ``max_rounds``.
+    The stop test runs on (X, Y); the model steps too unless ``model_data`` names other images (class-wise
+    EMN trains the surrogate on the whole split and tests on its subset, as the reference does).
     Returns the run info (rounds, surrogate train accuracy, whether max_rounds was hit)."""
+    steps_on = model_data or ModelData(batches, X, Y, noise_of)
     task = progress.task(f"{name} rounds", total=p["max_rounds"])
     err, rounds = 1.0, 0
     try:
         for rounds in range(1, p["max_rounds"] + 1):
-            model_steps(model, opt, batches, p["model_steps"], X, Y, noise_of, p["grad_clip"])
+            model_steps(model, opt, steps_on.batches, p["model_steps"], steps_on.X, steps_on.Y, steps_on.noise_of,
+                        p["grad_clip"])
             with frozen(model):
                 noise_pass()
             err = error_rate(model, X, Y, noise_of, p["batch_size"])

@@ -6,8 +6,12 @@ Algorithm (data level, on the protected train split only; the test split stays c
 - ``iss-grayscale``: ``L = 0.299 R + 0.587 G + 0.114 B``, copied to the three channels. Kills
   colour-structured noise (most of EMN's and REM's perturbation energy is in the chroma channels).
 - ``iss-jpeg``: JPEG encode + decode at ``quality`` (default 10). Kills high-frequency noise.
-- ``iss-bdr``: bit-depth reduction to ``bits`` bits per channel (default 2),
-  ``round(x * (2^b - 1)) / (2^b - 1)`` (Xu et al.'s feature squeezing). Kills low-amplitude noise.
+- ``iss-bdr``: bit-depth reduction to ``bits`` bits per channel (default 2). Kills low-amplitude noise.
+  ``mode="posterize"`` (default since issue 15) is what ISS's code runs, torchvision's
+  ``RandomPosterize(bits=2, p=1)``: keep the top ``bits`` bits, ``x & ~(2^(8-b) - 1)``, so levels
+  0/64/128/192 at 2 bits and every pixel moves down (up to 63 grey levels). ``mode="round"`` is the
+  earlier behaviour, Xu et al.'s feature squeezing, ``round(x * (2^b - 1)) / (2^b - 1)``: evenly spaced
+  levels 0/85/170/255 that keep the image's brightness.
 
 All three are applied **once** to the stored protected train images, not every epoch: each is a
 deterministic function of the image, so a per-epoch squeeze placed before the victim's crop+flip would
@@ -70,8 +74,14 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(images.device)
 
 
+def posterize(images: torch.Tensor, bits: int) -> torch.Tensor:
+    """Keep the top ``bits`` bits of every uint8 value (PIL's and torchvision's posterize, as ISS runs it)."""
+    mask = (0xFF << (8 - bits)) & 0xFF
+    return images.bitwise_and(mask)
+
+
 def bit_depth_reduce(images: torch.Tensor, bits: int) -> torch.Tensor:
-    """Keep ``bits`` bits per channel: round to 2^bits evenly spaced levels in [0, 255]."""
+    """Round to 2^bits evenly spaced levels in [0, 255] (feature squeezing; ``iss-bdr mode=round``)."""
     levels = (1 << bits) - 1
     x = images.float().div(255.0)
     return (x.mul(levels).round_().div_(levels).mul_(255.0)).round_().clamp_(0, 255).to(torch.uint8)
@@ -99,10 +109,16 @@ class ISSJpeg(TransformExploiter):
 class ISSBitDepth(TransformExploiter):
     name = "iss-bdr"
     summary = "ISS: bit-depth reduction of the protected train images (once)"
-    params = ParamSpec((Param("bits", int, 2, "bits kept per channel (ISS: 2)", low=1, high=8),))
+    params = ParamSpec((
+        Param("bits", int, 2, "bits kept per channel (ISS: 2)", low=1, high=8),
+        Param("mode", str, "posterize", "posterize: keep the top bits (ISS's code); round: nearest of 2^bits "
+              "evenly spaced levels (feature squeezing, this plugin before issue 15)", choices=("posterize", "round")),
+    ))
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
-        return bit_depth_reduce(images, self.p["bits"])
+        if self.p["mode"] == "round":
+            return bit_depth_reduce(images, self.p["bits"])
+        return posterize(images, self.p["bits"])
 
 
 @hookimpl

@@ -15,9 +15,9 @@ Algorithm (what this plugin runs)::
                 x0_hat = clamp((x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t), -1, 1)
                 mu     = posterior mean of q(x_{t-1} | x_t, x0_hat)
                 y_t    = sqrt(abar_t) y + sqrt(1 - abar_t) eps'                  # target noised to step t
-                d1     = -lambda1 * grad_x ||x_t - y_t||^2 = 2 lambda1 (y_t - x_t)   # analytic
-                d2     = -lambda2 * grad_x LPIPS(x_t, y_t)                       # backprop through LPIPS only
-                x_{t-1} = mu + sigma_t^2 (d1 + d2) + sigma_t z    (no z at t = 0)
+                d1     = -lambda1 * grad_x ||x_t - y_t||^2 = 2 lambda1 (y_t - x_t)   # analytic; only t > 10
+                d2     = -lambda2 * grad_x LPIPS(x_t, y_t)                       # backprop through LPIPS; t <= 10
+                x_{t-1} = mu + sigma_t^2 (d1 + d2) + sigma_t z    (no z at t = 0; sigma_t^2 = beta_t)
             x0 <- clamp(x_{-1}, -1, 1)
         purified = round((x0 + 1) / 2 * 255)
 
@@ -38,8 +38,15 @@ Differences from the reference code, and why:
   (benchmarks/results/jcdp.md). lambda2 = 1000: with the *random* LPIPS backbone its gradient is
   ~2,400x smaller in norm than the MSE gradient (measured on digits), so at the defaults the LPIPS
   shift is ~4 % of the MSE shift; with ImageNet weights it could not be measured offline.
-- sigma_t^2 is the DDPM posterior variance beta_tilde_t, clipped at t = 0 to beta_tilde_1 (as in the
-  DDPM/guided-diffusion code's clipped log-variance), so the last step is guided too.
+- Sampler (issue 15). ``sampler="reference"`` (default) is what JCDP's code runs: the walk uses DDPM's
+  fixed-large variance sigma_t^2 = beta_t (beta_tilde_1 at t = 0, as guided-diffusion's "fixedlarge"),
+  the same sigma_t^2 scales the guidance, and the two guidance terms take turns: pixel MSE at steps
+  t > ``guidance_switch_t`` (10), LPIPS at t <= 10 (coarse content first, perceptual detail last). With
+  the default T_p = 20 each round is 9 MSE-guided and 11 LPIPS-guided steps. ``sampler="posterior"``
+  is this plugin's earlier walk: sigma_t^2 the posterior variance beta_tilde_t (clipped at t = 0 to
+  beta_tilde_1 for the guidance, so the last step is guided too) and both terms at every step. beta_t is
+  larger than beta_tilde_t (most at small t: beta_1 = 1.2e-4 against beta_tilde_1 = 5.5e-5), so the reference
+  walk adds more noise and its guidance steps are larger.
 - LPIPS (``lpips`` package, AlexNet, inputs in [-1, 1]) needs ImageNet AlexNet weights that torchvision
   downloads. The arena never downloads: they are loaded from the torch hub cache when present;
   otherwise the backbone is randomly initialized with a fixed seed (the package's own linear-layer
@@ -87,11 +94,16 @@ _DDPM_PARAMS = (
     Param("t_p", int, 20, "diffusion depth of one purification round (steps of 1000)", low=1, high=1000),
     Param("n_rounds", int, 4, "purification rounds N", low=1, high=100),
     Param("batch_size", int, 256, "images purified at once", low=1),
+    Param("sampler", str, "reference", "reverse-step variance and guidance schedule: reference (JCDP's code: "
+          "sigma_t^2 = beta_t, MSE guidance for t > guidance_switch_t, LPIPS at or below) or posterior (this "
+          "plugin before issue 15: posterior variance, both terms every step)", choices=("reference", "posterior")),
 )
 
 _GUIDE_PARAMS = (
     Param("lambda1", float, 10.0, "weight of the pixel guidance -grad ||x_t - y_t||^2", low=0.0),
     Param("lambda2", float, 1000.0, "weight of the perceptual guidance -grad LPIPS(x_t, y_t)", low=0.0),
+    Param("guidance_switch_t", int, 10, "sampler reference: MSE guidance at steps t > this, LPIPS at t <= this",
+          low=0, high=1000),
 )
 
 _LPIPS: dict[str, tuple[torch.nn.Module, str]] = {}
@@ -147,7 +159,7 @@ class JCDP(Exploiter):
     name = "jcdp"
     summary = "joint-conditional diffusion purification with a DDPM trained on the raw pool"
     uses_raw_pool: ClassVar[bool] = True
-    version = "2"
+    version = "3"
     params = ParamSpec(_DDPM_PARAMS + _GUIDE_PARAMS)
     # a tiny UNet trained 3 steps and one shallow round: the contract, not a useful DDPM (jcdp-uncond inherits)
     check_params: ClassVar[dict[str, Any]] = {"ddpm_channels": "8,16", "ddpm_steps": 3, "ddpm_batch_size": 16,
@@ -211,6 +223,10 @@ class JCDP(Exploiter):
         def randn() -> torch.Tensor:
             return torch.randn(y.shape, generator=gen).to(device)
 
+        ref = self.p["sampler"] == "reference"
+        switch = self.p.get("guidance_switch_t", 10)
+        walk_var = s["fixed_large_var"] if ref else s["post_var"]  # the noise each reverse step adds
+        guide_var = s["fixed_large_var"] if ref else s["post_var_clipped"]  # what scales the guidance
         x0 = y
         for _ in range(self.p["n_rounds"]):
             ab = s["abar"][t_p - 1]
@@ -222,14 +238,15 @@ class JCDP(Exploiter):
                 abt = s["abar"][t]
                 x0_hat = ((x - (1 - abt).sqrt() * eps) / abt.sqrt()).clamp(-1, 1)
                 mean = s["c0"][t] * x0_hat + s["ct"][t] * x
-                var = s["post_var_clipped"][t]
-                if lam1 > 0 or lam2 > 0:
+                use_mse = lam1 > 0 and (not ref or t > switch)
+                use_lp = lam2 > 0 and (not ref or t <= switch)
+                if use_mse or use_lp:
                     y_t = abt.sqrt() * y + (1 - abt).sqrt() * randn()
-                    d = 2.0 * lam1 * (y_t - x)  # -lambda1 * grad ||x - y_t||^2, analytic
-                    if lam2 > 0:
+                    d = 2.0 * lam1 * (y_t - x) if use_mse else torch.zeros_like(x)  # -lambda1 grad ||x - y_t||^2
+                    if use_lp:
                         d = d - lam2 * _lpips_grad(lp, x, y_t)
-                    mean = mean + var * d
-                x = mean + (s["post_var"][t].sqrt() * randn() if t > 0 else 0.0)
+                    mean = mean + guide_var[t] * d
+                x = mean + (walk_var[t].sqrt() * randn() if t > 0 else 0.0)
             x0 = x.clamp(-1, 1)
         return x0
 

@@ -37,10 +37,25 @@ class Invert(Exploiter):
         return 255 - protected.images
 
 
+class RecipeEcho(Protector):
+    """Reports the recipe it was handed (issue 15: a tournament used to hand every plugin ``Recipe()``)."""
+
+    name = "test-recipe-echo"
+    uses_recipe = True
+
+    def budget(self, train):
+        return Budget("linf", 0.0)
+
+    def protect(self, train, ctx):
+        self.last_info = {"recipe_epochs": ctx.recipe.epochs, "recipe_lr": ctx.recipe.lr}
+        return train.images
+
+
 @hookimpl
 def arena_register_protectors(register):
     register(Boom)
     register(Greedy)
+    register(RecipeEcho)
 
 
 @hookimpl

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         prot = run_protect(protector, splits.train, ctx)
         data, raw = exploit_inputs(exploiters, prot.data, splits)
         pur = run_purify(exploiters, data, raw, ctx)
-        res = run_train(args.arch, pur.data, splits.test, recipe, seed=args.seed, ctx=ctx, exploiters=exploiters)
+        res = run_train(args.arch, pur.data, splits.test, recipe, seed=args.seed, ctx=ctx, exploiters=exploiters,
+                        clean_train=splits.train)
     finally:
         if progress:
             progress.stop()

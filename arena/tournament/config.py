@@ -19,7 +19,7 @@ from ..data import resolve_root
 from ..labels import distinguishing_labels
 from ..params import ArenaError, show
 from ..registry import Registry, get_registry, load_extra_plugins, resolve_plugin
-from ..trainer import RECIPE_PARAMS, Recipe
+from ..trainer import Recipe
 
 
 class ConfigError(ArenaError):
@@ -249,7 +249,7 @@ def _exploiter_spec(v: _V, item: Any, key: str, reg: Registry) -> ExploiterSpec:
 def _recipe(v: _V, d: Any, key: str, base: dict | None = None) -> Recipe:
     d = v.mapping(d, key)
     try:
-        return Recipe(**RECIPE_PARAMS.validate({**(base or {}), **d}, owner=key))
+        return Recipe.from_dict({**(base or {}), **d}, owner=key)
     except ArenaError as e:
         raise ConfigError(f"{v.path}: {e}") from None
 

@@ -47,6 +47,7 @@ class ProtectJob:
     protector: PluginSpec
     seed: int
     plugin_hash: str = ""  # names the plugin's own cache directory (ctx.cache_path)
+    recipe: Recipe | None = None  # ctx.recipe for a protector that declares ``uses_recipe`` (then in the key)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class PurifyJob:
     seed: int
     plugin_hash: str = ""
     code_hash: str = ""  # this stage's code and everything upstream of it
+    recipe: Recipe | None = None  # ctx.recipe when an exploiter part declares ``uses_recipe`` (then in the key)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,16 @@ def _purifies(reg: Registry, name: str) -> bool:
 def _plugin_version(reg: Registry, kind: str, name: str) -> str:
     e = reg.entry(kind, name)
     return f"{getattr(e.obj, 'version', '1')}@{reg.sources.get(e.plugin, ('', '0'))[1]}"
+
+
+def _recipe_for(reg: Registry, kind: str, names: list[str], recipe: Recipe) -> Recipe | None:
+    """The tournament's recipe if one of the stage's plugins declares it depends on it, else None."""
+    return recipe if any(getattr(reg.entry(kind, n).obj, "uses_recipe", False) for n in names) else None
+
+
+def _recipe_key(recipe: Recipe | None) -> list[Any]:
+    """Key parts for a stage's recipe: none when it gets none, so other stages keep their keys."""
+    return [] if recipe is None else [recipe.to_dict()]
 
 
 def _plugins_hash(hashes: list[str]) -> str:
@@ -184,10 +196,11 @@ def expand(cfg: TournamentConfig, data_keys: dict[int, str], reg: Registry, *,
         for prot in cfg.protectors:
             p_hash = code.entry("protectors", prot.name)
             p_code = content_key(p_hash, stage_code["protect"])
+            p_recipe = _recipe_for(reg, "protectors", [prot.name], cfg.recipe)
             for seed in cfg.seeds:
                 pk = content_key("protect", dk, prot.name, prot.params, _plugin_version(reg, "protectors", prot.name),
-                                 seed, __version__, p_code)
-                g.protects.setdefault(pk, ProtectJob(pk, dk, prot, seed, _plugins_hash([p_hash])))
+                                 seed, __version__, p_code, *_recipe_key(p_recipe))
+                g.protects.setdefault(pk, ProtectJob(pk, dk, prot, seed, _plugins_hash([p_hash]), p_recipe))
                 for ratio in cfg.poison_ratios:
                     for ex in cfg.exploiters:
                         if ex.seeds is not None and seed not in ex.seeds:
@@ -196,10 +209,11 @@ def expand(cfg: TournamentConfig, data_keys: dict[int, str], reg: Registry, *,
                         ex_hashes = [code.entry("exploiters", p.name) for p in ex.parts]
                         if any(_purifies(reg, p.name) for p in ex.parts):
                             u_code = content_key(p_code, ex_hashes, stage_code["purify"])
+                            u_recipe = _recipe_for(reg, "exploiters", [p.name for p in ex.parts], cfg.recipe)
                             uk = content_key("purify", pk, ratio, ex.label, ex.params_json(), ex_versions, seed,
-                                             __version__, u_code)
+                                             __version__, u_code, *_recipe_key(u_recipe))
                             g.purifies.setdefault(uk, PurifyJob(uk, pk, dk, ex, ratio, "all", seed,
-                                                                _plugins_hash(ex_hashes), u_code))
+                                                                _plugins_hash(ex_hashes), u_code, u_recipe))
                         else:  # training-level exploiters only: every one shares the unchanged data
                             u_code = content_key(p_code, stage_code["purify"])
                             uk = content_key("purify", pk, ratio, "identity", seed, __version__, u_code)

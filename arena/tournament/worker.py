@@ -23,6 +23,7 @@ from ..integrity import IntegrityError, IntegrityViolation, content_hash
 from ..params import ArenaError
 from ..registry import get_registry, load_extra_plugins
 from ..stages import exploit_inputs, run_protect, run_purify, run_train
+from ..trainer import Recipe
 from .grid import CLEAN_ONLY, Cell, ProtectJob, PurifyJob, content_key
 from .stagecache import SPLITS, StageCache
 
@@ -116,14 +117,14 @@ class StageRunner:
                 del self._splits[data_key]
                 raise IntegrityViolation(f"the clean {n} split changed in memory while plugin code ran")
 
-    def _ctx(self, seed: int, plugin: str, plugin_hash: str = "") -> Context:
+    def _ctx(self, seed: int, plugin: str, plugin_hash: str = "", recipe: Recipe | None = None) -> Context:
         """Plugin caches live in one directory per plugin code hash (computed by the driver in
         ``grid.expand``), in a tree that holds no split: plugins name their artefacts by content (plugin
         name, params, input hash) but not by their code, so an edited plugin starts from an empty cache
         while entries of one module still share theirs (``jcdp`` and ``jcdp-uncond`` train one DDPM)."""
         scratch = self.plugin_root / "scratch" / plugin
         cache_dir = self.plugin_root / "cache" / plugin_hash if plugin_hash else self.plugin_root / "cache"
-        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=cache_dir)
+        return Context(device=self.device, seed=seed, scratch=scratch, cache_dir=cache_dir, recipe=recipe or Recipe())
 
     def _plugin_code(self, who: str) -> Any:
         if self.import_breach:
@@ -144,7 +145,8 @@ class StageRunner:
             try:
                 with self._plugin_code(f"protector '{job.protector.name}'"):
                     protector = self.reg.protector(job.protector.name, job.protector.params)
-                    out = run_protect(protector, train, self._ctx(job.seed, job.protector.name, job.plugin_hash))
+                    out = run_protect(protector, train, self._ctx(job.seed, job.protector.name, job.plugin_hash,
+                                                                       job.recipe))
             finally:
                 self._check_memory(job.data_key, ("train",))
             meta = {"status": "ok", "error": None, "metrics": out.metrics, "seconds": out.seconds,
@@ -195,7 +197,7 @@ class StageRunner:
                         exploiters = [self.reg.exploiter(p.name, p.params) for p in job.exploiter.parts]
                         inputs, raw = exploit_inputs(exploiters, data, splits)
                         out = run_purify(exploiters, inputs, raw,
-                                         self._ctx(job.seed, job.exploiter.label, job.plugin_hash))
+                                         self._ctx(job.seed, job.exploiter.label, job.plugin_hash, job.recipe))
                 finally:
                     self._check_memory(job.data_key, SPLITS)
                 data, metrics, seconds = out.data, out.metrics, out.seconds
@@ -227,7 +229,8 @@ class StageRunner:
                                   if cell.subset != CLEAN_ONLY else [])
                     ctx = self._ctx(cell.seed, cell.exploiter.label, cell.plugin_hash)
                     res = run_train(cell.arch.name, data, test, cell.train_recipe(), seed=cell.seed,
-                                    ctx=ctx, exploiters=exploiters, description=cell.label())
+                                    ctx=ctx, exploiters=exploiters, description=cell.label(),
+                                    clean_train=self.splits(cell.data_key).train)
             finally:  # the victim was evaluated on exactly the stored test split
                 self._check_memory(cell.data_key, ("test",))
             if not math.isfinite(res.clean_acc):
