@@ -183,7 +183,7 @@ class JCDP(Exploiter):
     def diffusion_model(self, raw: ImageSet, ctx: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
         cfg = self.ddpm_config()
         init = self.p["ddpm_init"]
-        path = ctx.cache_path(ddpm.cache_name(raw.fingerprint(), cfg, init))
+        path = ddpm.shared_cache_path(ctx, ddpm.cache_name(raw.fingerprint(), cfg, init))  # shared with diffpure
         return ddpm.train_or_load(raw.images, cfg, path, ctx, init=init)
 
     def purify(self, protected: ImageSet, raw: ImageSet | None, ctx: Any) -> ImageSet:

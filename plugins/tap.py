@@ -146,6 +146,7 @@ class _Poison(Protector):
     :meth:`objective` labels, restarts, quantization, diagnostics."""
 
     version = "1"
+    uses_recipe = True  # the crafting model is trained with the tournament's victim recipe (its own epochs)
     step_ratio: ClassVar[float] = 1.0
     objective_name: ClassVar[str] = ""
     # cnn-small crafting model, 1 epoch, 2 steps of a large step, no restarts: the contract in seconds
