@@ -13,6 +13,19 @@ for _k, _v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
     os.environ.setdefault(_k, _v)
 
 
+# The tiny tournament both cluster test files run: two cells, a protector that runs and one that is free.
+TINY = {
+    "name": "c",
+    "datasets": [{"name": "digits", "params": {"size": 16}, "train": 120, "test": 60}],
+    "protectors": ["none", "classwise-noise"],
+    "exploiters": ["none"],
+    "architectures": ["cnn-small"],
+    "recipe": {"epochs": 1, "batch_size": 64},
+    "seeds": [0],
+    "resources": {"cpus_per_trial": 1},
+}
+
+
 @pytest.fixture(scope="module")
 def s3_server():
     """moto's S3 server on localhost. ``allow_delayed_open`` makes pyarrow send small objects in one PUT

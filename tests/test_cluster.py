@@ -14,21 +14,13 @@ import pytest
 import yaml
 
 from arena.tournament.lock import LOCK_NAME
+from tests.cluster_fixtures import TINY as CLUSTER_TINY
 from tests.cluster_fixtures import s3_server  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-TINY = {  # two cells: a protector that runs and one that is free
-    "name": "c",
-    "datasets": [{"name": "digits", "params": {"size": 16}, "train": 120, "test": 60}],
-    "protectors": ["none", "classwise-noise"],
-    "exploiters": ["none"],
-    "architectures": ["cnn-small"],
-    "recipe": {"epochs": 1, "batch_size": 64},
-    "seeds": [0],
-    "resources": {"cpus_per_trial": 1},
-}
+TINY = CLUSTER_TINY
 
 
 def _write(tmp: Path, cfg: dict, name: str = "t.yaml") -> Path:
