@@ -133,16 +133,16 @@ def _init_ray(address: str | None, cfg: TournamentConfig) -> None:
 
 
 def shipped_modules(plugin_modules: list[str]) -> list[Any]:
-    """The code every worker must run as the driver does: this arena, the built-in ``plugins`` package and
-    the top-level packages of the tournament's module-name plugins, uploaded through Ray's ``runtime_env``
-    (``py_modules``) so that a node with another arena installed still runs the driver's. A ``.py`` path
-    plugin is loaded by its absolute path and must sit on storage every node mounts."""
+    """The code every worker must run as the driver does: this arena, the built-in ``arena_plugins`` package
+    and the top-level packages of the tournament's module-name plugins, uploaded through Ray's
+    ``runtime_env`` (``py_modules``) so that a node with another arena installed still runs the driver's.
+    A ``.py`` path plugin is loaded by its absolute path and must sit on storage every node mounts."""
     import importlib
 
     import arena
 
     mods: dict[str, Any] = {"arena": arena}
-    for name in ["plugins", *(m.split(".")[0] for m in plugin_modules if not m.endswith(".py"))]:
+    for name in ["arena_plugins", *(m.split(".")[0] for m in plugin_modules if not m.endswith(".py"))]:
         if name in mods:
             continue
         try:
@@ -151,7 +151,30 @@ def shipped_modules(plugin_modules: list[str]) -> list[Any]:
             continue
         if getattr(mod, "__file__", None) and Path(mod.__file__).name == "__init__.py":  # a package, not a lone file
             mods[name] = mod
-    return list(mods.values())
+    return [_under_own_name(name, mod) for name, mod in mods.items()]
+
+
+_SHIP_DIR: list[Any] = []  # the TemporaryDirectory of renamed copies, kept until the driver exits
+
+
+def _under_own_name(name: str, mod: Any) -> Any:
+    """Ray ships a package under its directory's name; the folder ``plugins/`` is the package
+    ``arena_plugins``, so it travels as a copy named ``arena_plugins/`` (a user's own ``plugins`` on a
+    worker's path would otherwise be what the workers import). The copy has the same files, so the code
+    versions each actor reports (``versions.py``) hash the same."""
+    import shutil
+    import tempfile
+
+    src = Path(mod.__file__).resolve().parent
+    if src.name == name:
+        return mod
+    if not _SHIP_DIR:
+        _SHIP_DIR.append(tempfile.TemporaryDirectory(prefix="arena-ship-"))
+    dst = Path(_SHIP_DIR[0].name) / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return str(dst)
 
 
 def _check_ray_address(address: str, flag: str = "--address", timeout_s: float = 3.0) -> None:
