@@ -253,3 +253,17 @@ def test_each_stage_key_names_the_device_kind_of_its_own_resources(tmp_path: Pat
     on_gpu = grid({"gpus_per_trial": 0.5})
     assert not on_gpu[0] & cpu[0] and on_gpu[2] != gpu_train[2]
     assert grid({"gpus_per_trial": 0.5, "train": {"gpus_per_trial": 0.25}}) == on_gpu, "a share is not a device kind"
+
+
+@pytest.mark.parametrize("gpus,nodes,share", [
+    (0.25, [1.0], 1.0),  # a fraction, and a node with a whole GPU: one retry there
+    (0.5, [0.0, 2.0], 1.0),  # the whole GPU may be on another node
+    (0.5, [0.0], None),  # no node has a whole GPU: retry at the own share
+    (1.0, [8.0], None),  # already a whole GPU: nothing larger to give
+    (0.0, [1.0], None),  # a CPU stage never ran out of CUDA memory
+])
+def test_cuda_oom_retries_on_a_whole_gpu_only_when_it_had_a_fraction_and_one_exists(gpus, nodes, share) -> None:
+    """The decision alone: the move itself needs GPUs, which the test machine has none of."""
+    from arena.tournament.runner import oom_retry_gpus
+
+    assert oom_retry_gpus(gpus, nodes) == share
