@@ -9,6 +9,8 @@ changes), so the stage keys of ``arena/tournament/grid.py`` hash the code itself
   every module file in its directory) that they import. The imports are read with :mod:`ast` from the
   files on disk, never by importing, so a driver that imported the old code still hashes the edited file,
   and entry-point plugins and modules loaded through a tournament's ``plugins:`` key are treated alike.
+  Names are resolved below the top-level package's directory whatever it is called on disk (the folder
+  ``plugins/`` imports as ``arena_plugins``), and relative imports are followed like absolute ones.
   Editing ``plugins/emn_common.py`` therefore changes ``emn-samplewise``, ``emn-classwise``, ``sem`` and
   ``rem``; editing ``plugins/ddpm.py`` changes ``jcdp`` and ``jcdp-uncond``; nothing else moves.
 - **The core** a stage runs is the fixed module list :data:`CORE`: protect and purify run the contract
@@ -19,8 +21,9 @@ changes), so the stage keys of ``arena/tournament/grid.py`` hash the code itself
 - **Code is hashed as its AST with docstrings removed**: a comment, a docstring or a reformatting changes
   no key; any change to what runs does.
 
-``grid.expand`` adds the torch version, the device kind (``cpu`` or ``cuda:<device name>``) and, for
-train stages, the resolved precision to every key; a cell's row records one hash of all of it
+``grid.expand`` adds the torch version, the device kind of the stage's own resources (``cpu`` or
+``cuda:<device name>``, from ``resources.<stage>`` when set) and, for train stages, the resolved
+precision to every key; a cell's row records one hash of all of it
 (``code_hash``). Plugins' own caches (``ctx.cache_path``) live in a directory named by the plugin's code
 hash (see ``arena/tournament/worker.py``), so they go stale together with the stage outputs.
 """
@@ -97,8 +100,13 @@ def _module_file(module: str) -> Path:
     return Path(f).resolve()
 
 
-def _resolve(root: Path, dotted: str) -> Path | None:
-    base = root.joinpath(*dotted.split("."))
+def _resolve(top_dir: Path, dotted: str) -> Path | None:
+    """The file of ``dotted`` inside the top-level package whose directory is ``top_dir``, by the dotted
+    path below the top: the directory may be named otherwise (the folder ``plugins/`` is ``arena_plugins``)."""
+    rest = dotted.split(".")[1:]
+    if not rest:
+        return top_dir / "__init__.py" if (top_dir / "__init__.py").is_file() else None
+    base = top_dir.joinpath(*rest)
     for p in (base.with_suffix(".py"), base / "__init__.py"):
         if p.is_file():
             return p
@@ -112,9 +120,11 @@ def module_files(module: str, file: Path | None = None) -> dict[str, Path]:
     file = Path(file).resolve() if file is not None else _module_file(module)
     parts = module.split(".")
     is_pkg = file.name == "__init__.py"
-    root = file.parents[len(parts) - (0 if is_pkg else 1)]
     top = parts[0]
     packaged = len(parts) > 1 or is_pkg
+    # the top-level package's directory (or, for a lone module, its own directory), found from the file
+    # and the dotted name, never from the directory's name
+    root = file.parents[len(parts) - (1 if is_pkg else 2)] if packaged else file.parent
     found: dict[str, Path] = {}
     todo: list[tuple[str, Path]] = [(module, file)]
     while todo:

@@ -9,7 +9,9 @@ need no data, but would keep rows made with other params under a reused label, a
 code. Grid cells without a row come back as ``absent`` rows, so their protector shows as incomplete.
 
 Data splits are written to the run's own stage cache when ``DIR/.cache`` exists (they are already there
-after a run), else to a temporary directory: showing a leaderboard writes nothing into it.
+after a run), else to a temporary directory: showing a leaderboard writes nothing into it. A storage URI
+(``s3://...``) always takes the temporary directory: the splits made here from the data set give the
+same data keys as the stored ones, without downloading those.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from pathlib import Path
 from typing import Any
 
 
-def grid_rows(path: Path, tournament: str | Path, rows: list[dict[str, Any]]) -> tuple[list[dict], dict[str, Any]]:
-    """(rows of the grid plus one ``absent`` row per missing cell, counts of what was left out)."""
+def grid_rows(path: Path | str, tournament: str | Path, rows: list[dict[str, Any]]) -> tuple[list[dict], dict[str, Any]]:
+    """(rows of the grid plus one ``absent`` row per missing cell, counts of what was left out); ``path`` is
+    the rows' directory or storage URI."""
     from .registry import get_registry
+    from .storage import is_uri
     from .tournament.config import load_config
     from .tournament.grid import expand, resolve_precision
     from .tournament.runner import cell_columns, prepare_data
     from .tournament.stagecache import StageCache
 
     cfg = load_config(tournament)
-    own = Path(path) / ".cache" if Path(path).is_dir() else None
+    own = Path(path) / ".cache" if not is_uri(str(path)) and Path(path).is_dir() else None
     with tempfile.TemporaryDirectory(prefix="arena-board-") as tmp:
         cache = StageCache(own if own is not None and own.is_dir() else Path(tmp))
         data_keys = prepare_data(cfg, cache)

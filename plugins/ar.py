@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from arena import ArenaError, Budget, ImageSet, Param, ParamSpec, Protector, hookimpl
-from plugins.l2_common import quantize_l2, scaled_radius, unit_l2
+
+from .l2_common import quantize_l2, scaled_radius, unit_l2
 
 FINDER_SIZE = 36  # the reference finder's signal side (36 px, crop 4: the 32 px CIFAR perturbation)
 

@@ -54,7 +54,8 @@ import torch
 
 from arena import ImageSet, Param, ParamSpec, hookimpl, quantize
 from arena.data import balanced_indices
-from plugins import emn_common as emn
+
+from . import emn_common as emn
 
 
 class EMNClasswise(emn.EMNProtector):

@@ -55,7 +55,8 @@ from typing import Any, ClassVar
 import torch
 
 from arena import ImageSet, ParamSpec, hookimpl, quantize
-from plugins import emn_common as emn
+
+from . import emn_common as emn
 
 
 class EMNSamplewise(emn.EMNProtector):

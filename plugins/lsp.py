@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from arena import ArenaError, Budget, ImageSet, Param, ParamSpec, Protector, hookimpl
-from plugins.l2_common import REF_DIM, quantize_l2, scaled_radius, unit_l2
+
+from .l2_common import REF_DIM, quantize_l2, scaled_radius, unit_l2
 
 RMS = 6 / 255  # the reference's per-pixel level: radius = RMS * sqrt(C*H*W)
 

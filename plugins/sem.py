@@ -59,7 +59,8 @@ import torch.nn.functional as F
 
 from arena import Budget, ImageSet, Param, ParamSpec, Protector, evaluate, hookimpl, quantize
 from arena.augment import crop_flip
-from plugins import emn_common as cache
+
+from . import emn_common as cache
 
 _PARAMS = ParamSpec((
     Param("surrogate", str, "resnet18", "architecture of the robust surrogate"),

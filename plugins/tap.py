@@ -71,7 +71,8 @@ import torch.nn.functional as F
 from arena import Budget, ImageSet, Param, ParamError, ParamSpec, Protector, evaluate, hookimpl, quantize
 from arena.augment import crop_flip
 from arena.trainer import use_amp, use_channels_last
-from plugins import emn_common as cache
+
+from . import emn_common as cache
 
 _INITS = ("zero", "uniform", "normal")
 

@@ -178,6 +178,22 @@ def test_a_tournament_on_s3_storage_leaves_nothing_on_the_driver_and_reads_back_
     assert missing.returncode == 2, missing.stderr  # no bucket: one line, no traceback
     assert len(_own_lines(missing.stderr)) == 1, missing.stderr
 
+    # the grid view and the integrity check read the same URI
+    graded = _arena("leaderboard", uri, "--json", "--tournament", str(tmp_path / "t.yaml"), timeout=120)
+    assert graded.returncode == 0, graded.stderr
+    assert json.loads(graded.stdout)["rows"] == 2
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    sidecars = [k for k in keys if k.startswith(("runs/c/.cache/protect/", "runs/c/.cache/purify/")) and k.endswith(".json")]
+    (manifest,) = [k for k in keys if k.startswith("runs/c/.cache/data/") and k.endswith("manifest.json")]
+    n_splits = len(json.loads(s3.get_object(Bucket="arena", Key=manifest)["Body"].read())["hashes"])
+    ok = _arena("verify", uri, timeout=120)
+    assert ok.returncode == 0 and f"{len(sidecars) + n_splits} stored files checked, 0 bad" in ok.stdout, ok.stdout + ok.stderr
+    victim = next(k for k in keys if k.startswith("runs/c/.cache/protect/") and k.endswith(".npz"))
+    s3.put_object(Bucket="arena", Key=victim, Body=b"not an npz")
+    bad = _arena("verify", uri, timeout=120)
+    assert bad.returncode == 1 and bad.stdout.count("\n") == 1, bad.stdout + bad.stderr
+    assert f"s3://arena/{victim}: unreadable" in bad.stdout, bad.stdout
+
 
 def test_the_driver_recomputes_a_missing_input_before_retrying_and_gives_up_without_a_row(tmp_path: Path) -> None:
     """The scheduler's graph logic on its own, without Ray: a train job whose purified input is not in the
@@ -215,3 +231,39 @@ def test_the_driver_recomputes_a_missing_input_before_retrying_and_gives_up_with
     d.fault("train", cell, "worker lost")  # the second fault: retries (1) are used up
     assert "gave up after 2 attempts" in console.export_text() and d.summary.statuses == {}
     assert not list((tmp_path / "o").glob("cell-*")), "no row for an infrastructure fault"
+
+
+def test_each_stage_key_names_the_device_kind_of_its_own_resources(tmp_path: Path) -> None:
+    """A GPU for protect alone moves the protect keys (and, through them, everything downstream); a GPU for
+    train alone leaves the protect and purify keys as they were and moves only the cells."""
+    from arena.registry import get_registry
+    from arena.tournament.config import load_config
+    from arena.tournament.grid import expand
+
+    def grid(resources: dict) -> tuple[set, set, set]:
+        g = expand(load_config(_write(tmp_path, {**TINY, "resources": resources})), {0: "d"}, get_registry())
+        return set(g.protects), set(g.purifies), set(g.cells)
+
+    cpu = grid({"cpus_per_trial": 1})
+    assert grid({"cpus_per_trial": 1, "protect": {"cpus_per_trial": 2}}) == cpu, "CPU counts are not in the keys"
+    gpu_protect = grid({"cpus_per_trial": 1, "protect": {"gpus_per_trial": 1}})
+    assert not gpu_protect[0] & cpu[0] and not gpu_protect[2] & cpu[2]
+    gpu_train = grid({"cpus_per_trial": 1, "train": {"gpus_per_trial": 0.5}})
+    assert gpu_train[:2] == cpu[:2] and not gpu_train[2] & cpu[2]
+    on_gpu = grid({"gpus_per_trial": 0.5})
+    assert not on_gpu[0] & cpu[0] and on_gpu[2] != gpu_train[2]
+    assert grid({"gpus_per_trial": 0.5, "train": {"gpus_per_trial": 0.25}}) == on_gpu, "a share is not a device kind"
+
+
+@pytest.mark.parametrize("gpus,nodes,share", [
+    (0.25, [1.0], 1.0),  # a fraction, and a node with a whole GPU: one retry there
+    (0.5, [0.0, 2.0], 1.0),  # the whole GPU may be on another node
+    (0.5, [0.0], None),  # no node has a whole GPU: retry at the own share
+    (1.0, [8.0], None),  # already a whole GPU: nothing larger to give
+    (0.0, [1.0], None),  # a CPU stage never ran out of CUDA memory
+])
+def test_cuda_oom_retries_on_a_whole_gpu_only_when_it_had_a_fraction_and_one_exists(gpus, nodes, share) -> None:
+    """The decision alone: the move itself needs GPUs, which the test machine has none of."""
+    from arena.tournament.runner import oom_retry_gpus
+
+    assert oom_retry_gpus(gpus, nodes) == share

@@ -4,6 +4,7 @@ one CPU each), a driver joining it with ``--address`` as on a cluster, and stora
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,9 +32,18 @@ def two_nodes():
     cluster.shutdown()
 
 
-def _arena(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arena.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+def _arena(*args: str, timeout: float = 400, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-m", "arena.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _decoy(tmp: Path) -> Path:
+    """A user's project with its own ``plugins`` package that breaks on import: the driver runs from it,
+    so it is first on the driver's and every worker's path (runner._init_ray)."""
+    (tmp / "project" / "plugins").mkdir(parents=True)
+    (tmp / "project" / "plugins" / "__init__.py").write_text("raise ImportError('the decoy plugins was imported')\n")
+    return tmp / "project"
 
 
 def _own_lines(stderr: str) -> list[str]:
@@ -48,6 +58,7 @@ def _write(tmp: Path, cfg: dict) -> Path:
 
 def test_two_nodes_with_s3_storage_every_cell_ok_and_a_local_path_refused(
         tmp_path: Path, two_nodes, s3_server) -> None:  # noqa: F811
+    """Run from a project whose own ``plugins`` package would shadow a top-level ``plugins`` in workers."""
     cluster, _ = two_nodes
     query, _ = s3_server
     path = _write(tmp_path, {**TINY, "output": str(tmp_path / "out")})
@@ -57,7 +68,9 @@ def test_two_nodes_with_s3_storage_every_cell_ok_and_a_local_path_refused(
     assert "is a path on this machine and the Ray cluster has 2 nodes" in lines[0]
     assert not list((tmp_path / "out").rglob("cell-*")), "refused before any stage ran"
     uri = f"s3://arena/nodes?{query}"
-    run = _arena("tournament", str(path), "--no-live", "--address", cluster.address, "--storage", uri)
+    run = _arena("tournament", str(path), "--no-live", "--address", cluster.address, "--storage", uri,
+                 cwd=_decoy(tmp_path))
+    assert "decoy" not in run.stderr, run.stderr[-2000:]
     assert run.returncode == 0, run.stderr[-2000:]
     board = _arena("leaderboard", uri, "--json", timeout=120)
     assert board.returncode == 0, board.stderr

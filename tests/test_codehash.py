@@ -45,11 +45,46 @@ def test_plugin_hash_follows_the_sibling_modules_it_imports(tmp_path: Path) -> N
     assert module_hash("pkgx.plug", plug) != h1, "an absolute import inside a function is followed"
 
 
+def test_a_package_imported_under_another_name_than_its_folder_follows_relative_imports(tmp_path: Path) -> None:
+    """The built-ins are the folder plugins/ imported as arena_plugins: names resolve below the folder."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    (folder / "plug.py").write_text("from .helper import g\nfrom . import sub\n")
+    (folder / "helper.py").write_text("def g():\n    return 1\n")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "__init__.py").write_text("from ..helper import g\nfrom .deep import h\n")
+    (folder / "sub" / "deep.py").write_text("h = 1\n")
+    files = module_files("renamed.plug", folder / "plug.py")
+    assert set(files) == {"renamed", "renamed.plug", "renamed.helper", "renamed.sub", "renamed.sub.deep"}, files
+    assert files["renamed.sub.deep"] == (folder / "sub" / "deep.py").resolve()
+    h0 = module_hash("renamed.plug", folder / "plug.py")
+    (folder / "sub" / "deep.py").write_text("h = 2\n")
+    assert module_hash("renamed.plug", folder / "plug.py") != h0
+
+
 def test_builtin_plugins_hash_their_shared_modules() -> None:
-    assert "plugins.emn_common" in module_files("plugins.emn_samplewise")
-    assert "plugins.ddpm" in module_files("plugins.jcdp")
-    assert "arena" not in " ".join(module_files("plugins.jcdp")), "the core is hashed per stage, not per plugin"
+    assert "arena_plugins.emn_common" in module_files("arena_plugins.emn_samplewise")
+    assert "arena_plugins.ddpm" in module_files("arena_plugins.jcdp")
+    assert not [m for m in module_files("arena_plugins.jcdp") if m.split(".")[0] == "arena"], \
+        "the core is hashed per stage, not per plugin"
     assert set(CORE) == {"protect", "purify", "train"} and core_hash("train") != core_hash("protect")
+
+
+def test_editing_emn_common_moves_exactly_the_entries_that_import_it() -> None:
+    """Through the registry, as grid.expand hashes entries: the four protectors built on emn_common."""
+    from arena.codehash import entry_modules
+    from arena.registry import get_registry
+
+    reg = get_registry()
+    common = (ROOT / "plugins" / "emn_common.py").resolve()
+
+    def uses_common(name: str) -> bool:
+        return any(common in module_files(m).values() for m in entry_modules(reg, "protectors", name))
+
+    users = {n for n in reg.names("protectors") if uses_common(n)}
+    assert {"emn-samplewise", "emn-classwise", "sem", "rem"} <= users, users
+    assert not users & {"none", "classwise-noise", "classwise-patch", "lsp", "ar"}, users
 
 
 PLUGIN = '''

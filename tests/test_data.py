@@ -93,7 +93,7 @@ def test_shared_cifar10_copy_loads_when_present() -> None:
     root = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg"
     if not root.exists():
         pytest.skip("the shared CIFAR-10 copy is not beside this checkout")
-    from plugins.datasets import _scan
+    from arena_plugins.datasets import _scan
 
     files, labels, classes = _scan(root / "test", None)
     assert classes[0] == "airplane" and classes[-1] == "truck" and len(files) == 10000

@@ -154,7 +154,7 @@ def _model_step_images(monkeypatch, digits16, tmp_path, **params) -> tuple[set[i
     """Runs emn-classwise for one round and returns which train images its surrogate's model steps drew."""
     from arena import Context
     from arena.registry import get_registry
-    from plugins import emn_common
+    from arena_plugins import emn_common
 
     drawn: set[int] = set()
     real = emn_common.model_steps
@@ -314,7 +314,7 @@ def test_jcdp_reference_sampler_guides_with_mse_only_above_t10(digits16, tmp_pat
 
 
 def test_fixed_large_variance_is_beta_t() -> None:
-    from plugins import ddpm
+    from arena_plugins import ddpm
 
     s = ddpm.schedule()
     assert torch.equal(s["fixed_large_var"][1:], s["betas"][1:])

@@ -18,7 +18,7 @@ from arena.conformance import assert_conforms
 from arena.progress import Progress
 from arena.registry import get_registry
 from arena.stages import exploit_inputs, run_purify
-from plugins import ddpm, jcdp
+from arena_plugins import ddpm, jcdp
 
 # Two-level 8-16 UNet: ~30 k params, a few ms per step at 16 px. Enough to show the mechanics, not to purify well.
 pytestmark = pytest.mark.filterwarnings("ignore:jcdp. ImageNet AlexNet")

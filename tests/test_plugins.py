@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +136,50 @@ def test_context_scratch_is_removed_with_the_context(tmp_path) -> None:
     del ctx
     gc.collect()
     assert mine.is_dir()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plugins_json(cwd: Path, pythonpath: str | None = None) -> dict[str, dict]:
+    env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
+    out = subprocess.run([sys.executable, "-m", "arena.cli", "plugins", "--json"], capture_output=True, text=True,
+                         cwd=cwd, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return {p["name"]: p for p in json.loads(out.stdout)}
+
+
+def test_a_users_own_plugins_folder_does_not_shadow_the_builtins(tmp_path: Path) -> None:
+    """A project with its own ``plugins`` package, first on sys.path (its working directory, as Ray workers
+    have it): the built-ins import as ``arena_plugins`` and all of them are listed."""
+    decoy = tmp_path / "project"
+    (decoy / "plugins").mkdir(parents=True)
+    (decoy / "plugins" / "__init__.py").write_text("raise ImportError('the decoy plugins package was imported')\n")
+    (decoy / "plugins" / "none.py").write_text("raise ImportError('the decoy plugins.none was imported')\n")
+    mine = _plugins_json(decoy, os.pathsep.join([str(decoy), str(ROOT)]))
+    assert mine == _plugins_json(ROOT), "the same built-ins, registering the same entries"
+    assert {"none", "classwise-noise", "emn-samplewise", "jcdp"} <= set(mine)
+
+
+def test_a_checkout_runs_its_own_builtin_plugins() -> None:
+    """From a checkout (a git worktree too), ``arena_plugins`` is that checkout's ``plugins/`` folder even
+    when an editable install maps the name to another checkout; see arena/checkout.py."""
+    out = subprocess.run([sys.executable, "-c", "import arena, arena_plugins; print(arena_plugins.__file__)"],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    assert Path(out.stdout.strip()).resolve() == (ROOT / "plugins" / "__init__.py").resolve()
+    reg = get_registry()
+    for name in ("none", "emn-samplewise"):
+        mod = reg.pm.get_plugin(name)
+        assert mod.__name__.startswith("arena_plugins."), mod.__name__
+        assert Path(mod.__file__).resolve().parent == (ROOT / "plugins").resolve()
+
+
+def test_pyproject_packages_list_every_arena_package() -> None:
+    """``package-dir`` needs an explicit package list: a new subpackage left out would be missing from a
+    wheel while every test in a checkout still passes."""
+    tomllib = pytest.importorskip("tomllib")
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "arena").rglob("__init__.py")}
+    assert set(tool["packages"]) == on_disk | {"arena_plugins"}
+    assert tool["package-dir"]["arena_plugins"] == "plugins"
+    assert (ROOT / "plugins" / "__init__.py").is_file()

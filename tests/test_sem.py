@@ -12,7 +12,7 @@ from arena import Context, Recipe, check_budget, make_splits, train_victim
 from arena.conformance import assert_conforms
 from arena.models import build_model
 from arena.registry import get_registry
-from plugins.sem import _uniform, augment, defensive_noise, pgd_attack
+from arena_plugins.sem import _uniform, augment, defensive_noise, pgd_attack
 
 # 60 surrogate steps instead of 5,000; J=2 samples and short PGDs with larger steps so the noise still
 # reaches the budget edge in few iterations; rho_a = 1/255 (one of the paper's columns): a surrogate this

@@ -105,7 +105,7 @@ def test_l2_radii_follow_the_papers_units():
 def test_l2_quantization_shrinks_what_rounding_lengthens():
     """A delta of exactly the radius whose components round up (0.6 and 1.2 -> 1 grey level) would leave the
     ball; the stored change must be pulled back inside, and an image already inside keeps scale 1."""
-    from plugins.l2_common import quantize_l2
+    from arena_plugins.l2_common import quantize_l2
 
     clean = torch.full((2, 3, 8, 8), 100, dtype=torch.uint8)
     delta = torch.full((2, 3, 8, 8), 0.6 / 255)
@@ -123,7 +123,7 @@ def test_l2_quantization_shrinks_what_rounding_lengthens():
 def test_ar_no_class_degenerates(digits16):
     """Upstream once kept coefficients whose signal was NaN, and a whole class came out black. Every class's
     noise here is finite and uses its radius, and the finder rejects a process that is not bounded."""
-    from plugins.ar import _refuse_degenerate, find_processes
+    from arena_plugins.ar import _refuse_degenerate, find_processes
 
     train = digits16.train
     p, out, _ = _protect("ar", train)

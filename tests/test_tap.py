@@ -23,7 +23,7 @@ from conftest import Recorder
 from arena import Context, Recipe, check_budget, make_splits, train_victim
 from arena.models import build_model
 from arena.registry import get_registry
-from plugins.tap import craft, start
+from arena_plugins.tap import craft, start
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

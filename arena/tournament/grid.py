@@ -5,10 +5,10 @@ exploiter, seed) once per protected set and data-level exploiter (training-level
 pass-through job); train(purified, architecture, recipe, seed) once per cell.
 Every key hashes what determines the output (data fingerprint, plugin name, params, seed, arena version)
 and the code that produces it (``arena/codehash.py``: the plugin's source and the sibling modules it
-imports, the core modules the stage runs, the torch version, the device kind and, for train, the
-precision), so equal work is shared across cells and reruns, and an edit recomputes exactly the stages
-whose code changed plus everything downstream of them (a protect key is inside its purify keys, a purify
-key inside its train keys). Plugin ``version`` attributes are still hashed but no longer relied on.
+imports, the core modules the stage runs, the torch version, the device kind of that stage's resources
+and, for train, the precision), so equal work is shared across cells and reruns, and an edit recomputes
+exactly the stages whose code changed plus everything downstream of them (a protect key is inside its
+purify keys, a purify key inside its train keys). Plugin ``version`` attributes are still hashed but no longer relied on.
 """
 
 from __future__ import annotations
@@ -157,8 +157,9 @@ def resolve_precision(cfg: TournamentConfig, data_dirs: dict[int, Path]) -> dict
     from ..precision import resolve_amp
     from ..trainer import use_channels_last
 
-    device = torch.device("cuda" if cfg.gpus_per_trial > 0 else "cpu")
-    threads = max(1, int(cfg.cpus_per_trial))
+    cpus, gpus = cfg.resources_of("train")  # the resources the training actors get
+    device = torch.device("cuda" if gpus > 0 else "cpu")
+    threads = max(1, int(cpus))
     out: dict[tuple[int, str], bool] = {}
     for di in range(len(cfg.datasets)):
         shape, classes = _train_shape(data_dirs[di])
@@ -178,9 +179,11 @@ def expand(cfg: TournamentConfig, data_keys: dict[int, str], reg: Registry, *,
     out, ``amp: auto`` counts as float32 and ``on``/``off`` as written)."""
     g = Grid()
     code = CodeHasher(reg)
-    env = [torch_version(), device_kind(cfg.gpus_per_trial)]
     arch_code = code.architectures()
-    stage_code = {s: [code.core(s), arch_code if s != "train" else "", *env] for s in ("protect", "purify", "train")}
+    # each stage's key names the device kind its own actors get (per-stage resources: a protect stage on a
+    # whole GPU while training runs on CPUs), not the train stage's
+    stage_code = {s: [code.core(s), arch_code if s != "train" else "", torch_version(),
+                      device_kind(cfg.resources_of(s)[1])] for s in ("protect", "purify", "train")}
 
     def resolved(di: int, arch: ArchSpec) -> bool:
         if amp is not None and (di, arch.name) in amp:

@@ -133,16 +133,16 @@ def _init_ray(address: str | None, cfg: TournamentConfig) -> None:
 
 
 def shipped_modules(plugin_modules: list[str]) -> list[Any]:
-    """The code every worker must run as the driver does: this arena, the built-in ``plugins`` package and
-    the top-level packages of the tournament's module-name plugins, uploaded through Ray's ``runtime_env``
-    (``py_modules``) so that a node with another arena installed still runs the driver's. A ``.py`` path
-    plugin is loaded by its absolute path and must sit on storage every node mounts."""
+    """The code every worker must run as the driver does: this arena, the built-in ``arena_plugins`` package
+    and the top-level packages of the tournament's module-name plugins, uploaded through Ray's
+    ``runtime_env`` (``py_modules``) so that a node with another arena installed still runs the driver's.
+    A ``.py`` path plugin is loaded by its absolute path and must sit on storage every node mounts."""
     import importlib
 
     import arena
 
     mods: dict[str, Any] = {"arena": arena}
-    for name in ["plugins", *(m.split(".")[0] for m in plugin_modules if not m.endswith(".py"))]:
+    for name in ["arena_plugins", *(m.split(".")[0] for m in plugin_modules if not m.endswith(".py"))]:
         if name in mods:
             continue
         try:
@@ -151,7 +151,30 @@ def shipped_modules(plugin_modules: list[str]) -> list[Any]:
             continue
         if getattr(mod, "__file__", None) and Path(mod.__file__).name == "__init__.py":  # a package, not a lone file
             mods[name] = mod
-    return list(mods.values())
+    return [_under_own_name(name, mod) for name, mod in mods.items()]
+
+
+_SHIP_DIR: list[Any] = []  # the TemporaryDirectory of renamed copies, kept until the driver exits
+
+
+def _under_own_name(name: str, mod: Any) -> Any:
+    """Ray ships a package under its directory's name; the folder ``plugins/`` is the package
+    ``arena_plugins``, so it travels as a copy named ``arena_plugins/`` (a user's own ``plugins`` on a
+    worker's path would otherwise be what the workers import). The copy has the same files, so the code
+    versions each actor reports (``versions.py``) hash the same."""
+    import shutil
+    import tempfile
+
+    src = Path(mod.__file__).resolve().parent
+    if src.name == name:
+        return mod
+    if not _SHIP_DIR:
+        _SHIP_DIR.append(tempfile.TemporaryDirectory(prefix="arena-ship-"))
+    dst = Path(_SHIP_DIR[0].name) / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return str(dst)
 
 
 def _check_ray_address(address: str, flag: str = "--address", timeout_s: float = 3.0) -> None:
@@ -218,6 +241,15 @@ def _check_resources(cfg: TournamentConfig, cpus: float, gpus: float, stages: tu
     return max(1, min(n, cfg.max_concurrent or n))
 
 
+def oom_retry_gpus(gpus: float, node_gpus: list[float]) -> float | None:
+    """The GPU share a job that ran out of CUDA memory on ``gpus`` of a GPU retries at, once: a whole GPU
+    when it had a fraction and some node has a whole one (``node_gpus``: each live node's GPU count). None:
+    no larger share exists, so it retries at its own (the memory may be free again once a neighbour ends)."""
+    if 0 < gpus < 1 and any(n >= 1 for n in node_gpus):
+        return 1.0
+    return None
+
+
 class _View:
     """The rich live view: cells done/running/failed, ETA, and what each actor is doing."""
 
@@ -278,6 +310,7 @@ class _Pool:
     idle: deque = field(default_factory=deque)
     ready: deque = field(default_factory=deque)
     remote: Any = None  # the actor class with this shape's resources
+    oom_only: bool = False  # started for jobs that ran out of CUDA memory on a smaller share (oom_retry_gpus)
 
 
 class TournamentDriver:
@@ -302,6 +335,8 @@ class TournamentDriver:
         self.waiting_c = {c.key: c for c in todo}
         self.queued_p: set[str] = set()  # protect jobs queued or running (a re-queue must not double them)
         self.pools: dict[str, _Pool] = {}
+        self.oom_pools: list[_Pool] = []  # whole-GPU pools for CUDA-OOM retries, started on demand
+        self.oom_retried: set[tuple[str, str]] = set()  # (stage, key) moved to a whole GPU once already
         self.inflight: dict[Any, tuple[_Pool, int, str, Any]] = {}
         self.started: dict[Any, float] = {}
         self.starting: dict[Any, tuple[_Pool, int, Any, float]] = {}  # ping future -> actor not yet ready
@@ -334,7 +369,7 @@ class TournamentDriver:
             pool.remote = ray.remote(StageRunner).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0)
             for st in stages:
                 self.pools[st] = pool
-        for pool in dict.fromkeys(self.pools.values()):
+        for pool in self._all_pools():
             for _ in range(pool.size):
                 self._start_actor(pool)
 
@@ -395,6 +430,14 @@ class TournamentDriver:
                 pass
             if pool.actors:
                 continue
+            if pool.oom_only:  # no whole GPU came free (fractional actors hold them): retry at the own share
+                while pool.ready:
+                    stage, job = pool.ready.popleft()
+                    self.queued_p.discard(job.key)
+                    self._warn(f"{stage} {_job_label(stage, job)}: no whole GPU free within "
+                               f"resources.ready_timeout_s; retrying at its own share")
+                    self._queue(stage, job, first=True)
+                continue
             free = ray.available_resources()
             need = [f"{name}: {want:g} per trial, {free.get(name, 0.0):g} free"
                     for name, want in (("CPU", pool.cpus), ("GPU", pool.gpus)) if want > free.get(name, 0.0) + 1e-9]
@@ -436,8 +479,11 @@ class TournamentDriver:
             else:
                 self._queue("train", cell, first=True)  # finish rows first: results appear early
 
+    def _all_pools(self) -> list[_Pool]:
+        return [*dict.fromkeys(self.pools.values()), *self.oom_pools]
+
     def submit(self) -> None:
-        for pool in dict.fromkeys(self.pools.values()):
+        for pool in self._all_pools():
             while pool.idle and pool.ready:
                 aid = pool.idle.popleft()
                 stage, job = pool.ready.popleft()
@@ -458,9 +504,10 @@ class TournamentDriver:
         else:
             self.emit(job, res)
 
-    def fault(self, stage: str, job: Any, why: str, missing: list[str] | None = None) -> None:
-        """An infrastructure fault: run the job again (and first the stage whose file is missing), up to
-        ``resources.retries`` times; then leave it without a row for the next run."""
+    def fault(self, stage: str, job: Any, why: str, missing: list[str] | None = None, oom: bool = False) -> None:
+        """An infrastructure fault: run the job again (and first the stage whose file is missing; after CUDA
+        out of memory on a GPU fraction, once on a whole GPU), up to ``resources.retries`` times; then leave
+        it without a row for the next run."""
         self.attempts[(stage, job.key)] += 1
         if stage == "protect":
             self.queued_p.discard(job.key)
@@ -468,6 +515,9 @@ class TournamentDriver:
             self.gave_up.append(f"{stage} {_job_label(stage, job)}: {why}")
             self._warn(f"{stage} {_job_label(stage, job)}: {why}; gave up after {self.cfg.retries + 1} attempts, "
                        "its cells get no row this run (rerun to retry)")
+            return
+        if oom and self._on_whole_gpu(stage, job):
+            self._warn(f"{stage} {_job_label(stage, job)}: {why}; retrying once on a whole GPU")
             return
         self._warn(f"{stage} {_job_label(stage, job)}: {why}; retrying")
         kind, key = (missing or [None, None])[:2]
@@ -483,6 +533,46 @@ class TournamentDriver:
             if kind == "data":  # store the splits again from the driver's fresh copy
                 prepare_data(self.cfg, self.cache)
             self._queue(stage, job, first=True)
+
+    def _on_whole_gpu(self, stage: str, job: Any) -> bool:
+        """Queue a job that ran out of CUDA memory on a pool with a whole GPU (one of the tournament's own,
+        e.g. ``resources.protect: {gpus_per_trial: 1}``, else a one-actor pool started for it), once per job.
+        False: it already had its try there, or no larger share exists."""
+        import ray
+
+        share = oom_retry_gpus(self.pools[stage].gpus, [n.get("GPU", 0.0) for n in _node_resources()])
+        if share is None or (stage, job.key) in self.oom_retried:
+            return False
+        self.oom_retried.add((stage, job.key))
+        pool = next((p for p in dict.fromkeys(self.pools.values()) if p.gpus >= share), None)
+        if pool is None:
+            if not self.oom_pools:
+                cpus = self.pools[stage].cpus
+                self.oom_pools.append(_Pool((stage,), cpus, share, 1, oom_only=True))
+                self.oom_pools[0].remote = ray.remote(StageRunner).options(num_cpus=cpus, num_gpus=share,
+                                                                           max_restarts=0)
+            pool = self.oom_pools[0]
+            if not pool.actors and not any(p is pool for p, *_ in self.starting.values()):
+                self._start_actor(pool)
+        if stage == "protect":
+            self.queued_p.add(job.key)
+        pool.ready.appendleft((stage, job))
+        return True
+
+    def _retire_oom_pools(self) -> None:
+        """A whole-GPU actor started for OOM retries goes away when it has nothing left to do, so the GPU
+        is free for the fractional actors again."""
+        import ray
+
+        for pool in self.oom_pools:
+            if pool.ready or len(pool.idle) != len(pool.actors):
+                continue
+            for aid in list(pool.actors):
+                try:
+                    ray.kill(pool.actors.pop(aid))
+                except Exception:  # already gone
+                    pass
+            pool.idle.clear()
 
     def emit(self, cell: Cell, result: dict[str, Any]) -> None:
         grid, out = self.grid, self.out
@@ -553,12 +643,12 @@ class TournamentDriver:
             return
         pool.idle.append(aid)
         if res.get("infra"):
-            self.fault(stage, job, res["infra"], res.get("missing"))
+            self.fault(stage, job, res["infra"], res.get("missing"), oom=bool(res.get("oom")))
         else:
             self.finish(stage, job, res)
 
     def _busy(self) -> bool:
-        return bool(self.inflight) or any(p.ready for p in self.pools.values())
+        return bool(self.inflight) or any(p.ready for p in self._all_pools())
 
     def run(self, live: bool) -> None:
         import ray
@@ -584,15 +674,16 @@ class TournamentDriver:
                         self._stage_done(done[0])
                     self.release()
                     self.submit()
+                    self._retire_oom_pools()
         finally:
-            for pool in dict.fromkeys(self.pools.values()):
+            for pool in self._all_pools():
                 for act in [*pool.actors.values(), *(a for p, _, a, _ in self.starting.values() if p is pool)]:
                     try:
                         ray.kill(act)
                     except Exception:  # shutting down: nothing useful to do
                         pass
         self.summary.unfinished = len(self.waiting_c) + sum(
-            1 for p in dict.fromkeys(self.pools.values()) for st, _ in p.ready if st == "train")
+            1 for p in self._all_pools() for st, _ in p.ready if st == "train")
 
 
 def run_tournament(cfg: TournamentConfig, *, address: str | None = None, retry_failed: bool = False,

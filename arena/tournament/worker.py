@@ -45,9 +45,10 @@ def _oom(e: BaseException) -> bool:
     return (oom is not None and isinstance(e, oom)) or "CUDA out of memory" in str(e)
 
 
-def _infra(why: str, missing: tuple[str, str] | None = None) -> dict[str, Any]:
-    """An infrastructure fault: the driver retries the job (recomputing ``missing`` first), never a row."""
-    return {"infra": why, "missing": list(missing) if missing else None}
+def _infra(why: str, missing: tuple[str, str] | None = None, oom: bool = False) -> dict[str, Any]:
+    """An infrastructure fault: the driver retries the job (recomputing ``missing`` first; after CUDA out
+    of memory, once on a whole GPU when there is one), never a row."""
+    return {"infra": why, "missing": list(missing) if missing else None, "oom": oom}
 
 
 def _fatal(e: IntegrityError) -> dict[str, Any]:
@@ -154,7 +155,7 @@ class StageRunner:
             self.cache.save("protect", job.key, out.data, meta)
         except Exception as e:  # a plugin failure fails its cells, never the tournament
             if _oom(e):
-                return _infra(f"protect: {_error_text(e)}")
+                return _infra(f"protect: {_error_text(e)}", oom=True)
             meta = {"status": _status(e), "error": f"protect: {_error_text(e)}", "metrics": {}, "seconds": 0.0,
                     "traceback": traceback.format_exc(limit=8)}
         return meta
@@ -205,7 +206,7 @@ class StageRunner:
             self.cache.save("purify", job.key, data, meta)
         except Exception as e:
             if _oom(e):
-                return _infra(f"purify: {_error_text(e)}")
+                return _infra(f"purify: {_error_text(e)}", oom=True)
             meta = {"status": _status(e), "error": f"purify: {_error_text(e)}", "metrics": {}, "seconds": 0.0,
                     "traceback": traceback.format_exc(limit=8)}
         return meta
@@ -242,7 +243,7 @@ class StageRunner:
                     "images_per_s": res.images_per_s, "extra": res.extra, "device": self.device_name()}
         except Exception as e:
             if _oom(e):
-                return _infra(f"train: {_error_text(e)}")
+                return _infra(f"train: {_error_text(e)}", oom=True)
             return {"status": _status(e), "error": f"train: {_error_text(e)}", "train_s": time.perf_counter() - t0,
                     "device": self.device_name(), "traceback": traceback.format_exc(limit=8)}
 
