@@ -377,6 +377,7 @@ def test_the_readme_plugin_example_registers_and_conforms() -> None:
     assert '[project.entry-points.arena]\nmy-blur = "my_pkg.blur"' in toml
 
 
+@pytest.mark.xdist_group("ray")
 def test_a_plugin_file_beside_the_yaml_runs_in_ray_workers_from_another_directory(tmp_path, monkeypatch) -> None:
     """The whole path: driver validation, workers started elsewhere loading the same file, a real row."""
     import ray

@@ -214,6 +214,7 @@ def _no_ray_cluster_here() -> bool:
     return not find_gcs_addresses() and find_bootstrap_address(None) is None
 
 
+@pytest.mark.xdist_group("ray")  # "auto" must not find the embedded Ray of another test
 @pytest.mark.parametrize("address,needle", [
     ("127.0.0.1:1", "--address 127.0.0.1:1: no Ray cluster reachable at 127.0.0.1:1 (Connection refused)"),
     ("auto", "--address auto: no running Ray cluster found on this machine"),

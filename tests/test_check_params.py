@@ -1,6 +1,9 @@
 """``check_params`` (issue 15): every built-in plugin's conformance check runs on the cheap settings its
 author declares, a given ``--params`` replaces them, the output says which ran, and a stale declaration is
-a one-line error naming the plugin and the key before anything runs."""
+a one-line error naming the plugin and the key before anything runs.
+
+This is where every built-in's contract runs on its check_params; a method's own test module adds a
+contract run only for params that change what the method does."""
 
 from __future__ import annotations
 

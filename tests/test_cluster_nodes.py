@@ -18,6 +18,9 @@ from tests.cluster_fixtures import s3_server  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Ray tests run one after another on one xdist worker (see tests/conftest.py): one embedded Ray at a time.
+pytestmark = pytest.mark.xdist_group("ray")
+
 TINY = {**CLUSTER_TINY, "name": "nodes"}
 
 

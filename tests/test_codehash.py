@@ -17,6 +17,9 @@ from arena.tournament.runner import run_tournament
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Ray tests run one after another on one xdist worker (see tests/conftest.py): one embedded Ray at a time.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def _pkg(root: Path) -> Path:
     pkg = root / "pkgx"

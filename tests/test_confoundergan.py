@@ -8,15 +8,12 @@ import pytest
 import torch
 
 from arena import Context, Recipe, check_budget, train_victim
-from arena.conformance import assert_conforms
 from arena.registry import get_registry
 
 # Cheap but meaningful on digits at 16 px: a cnn-small classifier f, a few GAN epochs.
 CHEAP = {"classifier": "cnn-small", "classifier_epochs": 4, "epochs": 20, "gan_weight": 0.0}
 
-
-def test_conforms() -> None:
-    assert_conforms("protector", "confoundergan", {"classifier": "cnn-small", "classifier_epochs": 1, "epochs": 1})
+pytestmark = pytest.mark.xdist_group("confoundergan")  # one worker fits the module's encoder
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,9 @@ from arena.tournament.runner import run_tournament
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Ray tests run one after another on one xdist worker (see tests/conftest.py): one embedded Ray at a time.
+pytestmark = pytest.mark.xdist_group("ray")
+
 BASE = {
     "name": "integrity",
     "plugins": ["tests.integrity_plugins"],
@@ -175,12 +178,13 @@ def test_corrupt_and_foreign_row_files_are_named_skipped_moved_aside_and_recompu
 def test_a_hung_plugin_times_out_into_a_failed_row_and_the_rest_finishes(tmp_path, ray_local):
     import time
 
+    # the clock runs only while a ready actor holds the stage: 10 s is ages for the pass-through purify
     cfg = _cfg(tmp_path, "h", exploiters=["test-hang", "none"],
-               resources={"cpus_per_trial": 1, "max_concurrent": 1, "timeout_s": {"purify": 20}})
+               resources={"cpus_per_trial": 1, "max_concurrent": 1, "timeout_s": {"purify": 10}})
     t0 = time.perf_counter()
     s = run_tournament(cfg, live=False)
     assert time.perf_counter() - t0 < 300 and s.ran == 2
     by = _by(read_rows(tmp_path / "h"))
     hung = by[("none", "test-hang")]
-    assert hung["status"] == "failed" and hung["error"] == "purify: timed out after 20 s (resources.timeout_s)"
+    assert hung["status"] == "failed" and hung["error"] == "purify: timed out after 10 s (resources.timeout_s)"
     assert by[("none", "none")]["status"] == "ok", "the replaced actor runs the remaining cells"

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from arena import ArenaError, Context, ImageSet, ParamError
-from arena.conformance import assert_conforms
 from arena.progress import Progress
 from arena.registry import get_registry
 from arena.stages import exploit_inputs, run_purify
@@ -170,9 +169,3 @@ def test_random_lpips_backbone_is_seeded():
     assert backbone in ("imagenet", "random")
     for x, y in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(x, y)
-
-
-@pytest.mark.parametrize("name", ["jcdp", "jcdp-uncond"])
-def test_conforms(name):
-    tiny = {**TINY, "ddpm_steps": 10, "t_p": 3}
-    assert_conforms("exploiter", name, tiny)

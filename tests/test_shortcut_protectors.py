@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from arena import ArenaError, Budget, Context, Recipe, check_budget, train_victim
-from arena.conformance import assert_conforms
 from arena.models import build_model
 from arena.registry import get_registry
 
@@ -28,7 +27,7 @@ MARGIN = 0.25  # a protector must take at least this much clean accuracy from th
 # pad 2 at 16 px = the usual pad 4 at 32 px; float32 so the bars do not depend on the CPU's bf16
 RECIPE = Recipe(epochs=10, batch_size=128, crop_pad=2, amp="off")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("shortcut")]  # one worker computes the module's clean victim
 
 
 def _protect(name: str, train, seed: int = 0, params: dict | None = None):
@@ -171,9 +170,3 @@ def test_cuda_is_a_classwise_blur_not_a_bounded_noise(digits16):
     k = DIGITS["cuda"]["kernel"]
     assert filters.shape == (train.num_classes, k * k) and (filters.max(dim=1).values == 1.0).all()
     assert (filters.sort(dim=1).values[:, -2] <= 0.3).all()  # the rest U(0, 0.3)
-
-
-@pytest.mark.parametrize("name", list(DIGITS))
-def test_conforms(name):
-    cls = get_registry().entry("protectors", name).obj
-    assert_conforms("protector", name, cls.check_params)

@@ -3,6 +3,7 @@ the result."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from arena import Context, Recipe, TrainingMod
@@ -11,6 +12,8 @@ from arena.registry import get_registry
 from arena.stages import run_protect, run_train
 
 RECIPE20 = Recipe(epochs=20)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _acc(splits, protector: str, params: dict | None = None, recipe: Recipe = RECIPE20, seed: int = 0):
