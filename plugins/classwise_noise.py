@@ -21,6 +21,12 @@ without AVX-512, 2,000 train images, cnn-small, 30 epochs at lr 0.05, crop pad 4
 8/255 gives 52.4 % (sd 1.2) against 52.6 % (sd 0.3) unprotected. The EMN paper's late takeover (Fig. 1,
 after ~15 epochs) is a ResNet-18 on 50,000 images; a 3-conv network that reaches 53 % is still learning
 content when training ends.
+
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
+none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
+5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
+five seeds at 16/255 give 59-91 % (sd 12.1); victims on one protected set spread by 7.2 points, the protected
+sets' means by 3.9: the late takeover happens on some victims and not others.
 """
 
 from __future__ import annotations

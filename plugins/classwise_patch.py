@@ -11,6 +11,13 @@ classes from content: on the quick tournament (digits 16 px, ratio 0.25, cnn-sma
 seeds' closest pair of colours was 21-57 grey levels apart and the victim's accuracy followed it (27-46 %,
 sd 7.6; closest pairs under 40 levels gave the three worst results). The paper asks only that patches
 differ by class, which separated colours do more reliably.
+
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
+none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
+5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
+five seeds give 21-38 % (sd 6.8). Victims on one protected set agree within 3.0 points; the colour sets of
+protect seeds 0-2 give 43 / 29 / 24 %, and neither their closest pair (134 / 136 / 142 levels) nor their
+distance from the black background (74 / 11 / 27) orders them.
 """
 
 from __future__ import annotations

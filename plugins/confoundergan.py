@@ -66,6 +66,12 @@ measured on digits at 16 px, cnn-small classifier (4 epochs) and victim (12 epoc
 - The trained G (and f) are cached under ``ctx.cache_path`` keyed by the train split's content hash, the
   params, the seed and the plugin version; ``protect`` = ``fit`` + ``encode``. The saved file holds G's
   weights and its config (eps, widths, blocks, channels, training image size), so it reloads without data.
+
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
+none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
+5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
+five seeds give 19-68 % (sd 19.2), weak on all five; victims on one protected set spread by 8.1 points, the
+sets' means by 23.5: a generator that did not converge gives different noise per seed.
 """
 
 from __future__ import annotations

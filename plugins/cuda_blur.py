@@ -26,6 +26,12 @@ Small images (digits 16 px, cnn-small victim, crop pad 2 + flip, a 2-core AMD EP
 8 x 8 images upsampled twice, so the paper's 3 x 3 filter spans 1.5 source pixels and hardly blurs them: 74.6 %
 after 15 epochs (70.1 % with ``blur=1.0``). ``kernel=5`` blurs at the source scale: 24.8 % after 10 epochs. The
 tests use ``kernel=5``; CIFAR-size runs keep 3.
+
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
+none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
+5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
+five seeds give 20-37 % (sd 6.5); victims on one protected set spread by 5.4 points, the protected sets' means
+by 3.6: mostly the victim's.
 """
 
 from __future__ import annotations

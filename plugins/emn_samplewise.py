@@ -46,6 +46,12 @@ test (error < 0.1 %) did not help (sd 17.8: the outlier seed got worse). The qui
 
 The protected images, the run info and the surrogate are cached under ``ctx.cache_path`` keyed by
 the input's content hash, the params, the seed and ``version``, so a rerun costs one file read.
+
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
+none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
+5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
+five seeds at 16/255 give 15-30 % (sd 6.5, 4-6 rounds); victims on one protected set spread by 5.1 points, the
+protected sets' means by 2.0: the victim's race, as above.
 """
 
 from __future__ import annotations

@@ -37,6 +37,12 @@ the default 4 px patches (4 x 4 grid) at radius 0.65 leave the victim at 76.9 % 
 make_classification cluster spread (sd sqrt(d/3) = 4 per feature against centres at +-10) is twice that of 12
 features, and digits, learned from content in an epoch or two, win against the noisier shortcut. The tests use
 ``patch=8``; CIFAR-size runs keep 8 px on 32 px.
+
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
+none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
+5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
+five seeds give 38-65 % (sd 9.8); victims on one protected set spread by 8.1 points, the protected sets' means
+by 4.8: mostly the victim's race between the clusters and the digit content.
 """
 
 from __future__ import annotations

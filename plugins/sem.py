@@ -48,6 +48,15 @@ Differences from the reference code, and why:
   paper's rho_a = 0 column, not an error.
 - All randomness (batch order, augmentation, starts) comes from seeded generators, so a seed gives
   the same images on CPU.
+
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
+none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
+5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
+SEM gives 24-55 % (sd 12.3), REM 20-55 % (sd 15.6). Victims on one protected set agree within 4.3 / 2.6
+points, but the sets of protect seeds 0-2 differ (SEM 47 / 24 / 49 %, REM 49 / 26 / 22 %): the spread is the
+protect stage's. With 60 surrogate steps a seed's victim follows its surrogate's clean accuracy
+(``protect_info.surrogate_acc_clean``); 180 steps lift every surrogate to 59-79 % clean and leave the spread
+(between-set sd 16.4 / 12.1), so the step count is not the cause, and the cause is not found yet.
 """
 
 from __future__ import annotations

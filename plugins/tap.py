@@ -54,6 +54,13 @@ protected images it assigns the objective label (tap: the target class, the atta
 hypo: the true class), its accuracy on the protected images, and the mean objective loss on clean and
 protected images. ``converged`` is "success rate >= ``success_threshold``": a weak crafting model or too
 few steps marks the protect stage weak on the board.
+
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
+none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
+5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
+TAP gives 21-50 % (sd 12.0) and is weak on every seed: its crafting model gives the target label to only 17-22
+% of the protected images at 16/255 and 40 steps. HYPO gives 37-64 % (sd 10.3), weak on 1 of 5. Victims on one
+protected set spread by 4.0 (TAP) / 6.0 (HYPO) points, the sets' means by 5.0 / 8.0.
 """
 
 from __future__ import annotations
