@@ -11,29 +11,32 @@ from arena.augment import crop_flip, random_crop
 from arena.registry import get_registry
 from arena.stages import run_protect, run_train
 
-RECIPE20 = Recipe(epochs=20)
+# 16 px and 12 epochs: the same question as the issue's 32 px / 20 epochs check, at a quarter of the cost
+# per epoch (this test was the suite's slowest); pad 2 at 16 px is the usual pad 4 at 32 px.
+RECIPE = Recipe(epochs=12, crop_pad=2)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _acc(splits, protector: str, params: dict | None = None, recipe: Recipe = RECIPE20, seed: int = 0):
+def _acc(splits, protector: str, params: dict | None = None, recipe: Recipe = RECIPE, seed: int = 0):
     ctx = Context(seed=seed)
     prot = run_protect(get_registry().protector(protector, params), splits.train, ctx)
     return run_train("cnn-small", prot.data, splits.test, recipe, seed=seed, ctx=ctx)
 
 
-def test_baselines_on_digits(digits32) -> None:
-    """Issue reference (20 epochs, cnn-small, 32 px): none 92.6%, 8x8 class patch 39.7%, class-wise noise
-    91.2% (it does not stop learning: a finding, reported rather than asserted)."""
-    none = _acc(digits32, "none")
-    patch = _acc(digits32, "classwise-patch", {"ratio": 0.25})
-    noise = _acc(digits32, "classwise-noise")
-    print(f"\ndigits 32px cnn-small 20 epochs: none {none.clean_acc:.3f}, classwise-patch(0.25) {patch.clean_acc:.3f}, "
+def test_baselines_on_digits(digits16) -> None:
+    """The issue's reference check (cnn-small; at 32 px and 20 epochs it gave none 92.6 %, 8x8 class patch
+    39.7 %, class-wise noise 91.2 %): the class patch is a shortcut; class-wise noise does not stop learning
+    (a finding, reported rather than asserted)."""
+    none = _acc(digits16, "none")
+    patch = _acc(digits16, "classwise-patch", {"ratio": 0.25})
+    noise = _acc(digits16, "classwise-noise")
+    print(f"\ndigits 16px cnn-small 12 epochs: none {none.clean_acc:.3f}, classwise-patch(0.25) {patch.clean_acc:.3f}, "
           f"classwise-noise(8/255) {noise.clean_acc:.3f}")
     assert none.clean_acc >= 0.90
     assert patch.clean_acc <= none.clean_acc - 0.25, "the class patch is a shortcut the victim learns instead"
     assert patch.train_acc > 0.95, "the victim fits the protected train split perfectly well"
-    assert len(none.acc_curve) == 20 and none.best_acc == max(none.acc_curve)
+    assert len(none.acc_curve) == RECIPE.epochs and none.best_acc == max(none.acc_curve)
 
 
 def test_same_seed_same_accuracy(digits16) -> None:
