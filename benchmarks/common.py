@@ -37,3 +37,66 @@ def splits_for(dataset: str, size: int, root: str | None, train: int | None, tes
     params = {"size": size} if "size" in {p.name for p in loader.params.params} else {}
     return load_splits(dataset, params, root if loader.needs_root else None, False, train or None, test or None,
                        0.1, seed)
+
+
+def apply_sets(raw: dict[str, Any], sets: list[str], where: str) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a tournament's raw YAML mapping, so a one-parameter variant of a committed
+    file is a command line and not a copied file that drifts from it.
+
+    ``LABEL.PARAM=VALUE`` sets a protector entry's param (LABEL is the entry's ``label`` or name);
+    ``recipe.FIELD=VALUE`` sets a field of the top-level recipe. VALUE is read as YAML (``10``, ``0.05``,
+    ``true``, ``"8,16"``).
+    """
+    import yaml
+
+    labels = []
+    for i, e in enumerate(raw.get("protectors") or []):
+        if isinstance(e, str):
+            e = raw["protectors"][i] = {"name": e}
+        labels.append(e.get("label", e.get("name")))
+    for s in sets:
+        key, sep, value = s.partition("=")
+        head, dot, field = key.partition(".")
+        if not sep or not dot or not field:
+            raise SystemExit(f"--set {s!r}: expected LABEL.PARAM=VALUE or recipe.FIELD=VALUE")
+        v = yaml.safe_load(value)
+        if head == "recipe":
+            raw.setdefault("recipe", {})[field] = v
+        elif head in labels:
+            entry = raw["protectors"][labels.index(head)]
+            entry.setdefault("params", {})[field] = v
+        else:
+            raise SystemExit(f"--set {s!r}: '{head}' is neither 'recipe' nor a protector entry of {where} "
+                             f"({', '.join(map(str, labels))})")
+    return raw
+
+
+def noise_diagnostics(clean: Any, protected: Any, seed: int = 0) -> dict[str, float]:
+    """How much of a protector's noise a victim could take as a class shortcut, read from the noise alone.
+
+    ``class_share``: the fraction of the noise's energy in its per-class means (1 for class-wise noise, about
+    1/n_per_class for independent sample-wise noise). ``probe_acc``: held-out accuracy of a linear classifier
+    fitted on the noise alone (delta = protected - clean), a third of the images held out; ``content_probe_acc``
+    the same classifier fitted on the clean images, the race the noise has to win. ``rms``: root mean square
+    of the noise in [0,1] units.
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    x = clean.images.float().div(255).flatten(1)
+    d = protected.images.float().div(255).flatten(1) - x
+    y = clean.labels.long()
+    energy = float(d.pow(2).sum())
+    share = sum(float((y == c).sum()) * float(d[y == c].mean(0).pow(2).sum()) for c in y.unique().tolist())
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=g)
+    cut = len(y) * 2 // 3
+    tr, te = perm[:cut], perm[cut:]
+
+    def probe(f: torch.Tensor) -> float:
+        scale = f[tr].std().clamp_min(1e-12)  # one scale for all features: the probe sees the noise's shape
+        m = LogisticRegression(max_iter=3000, C=1.0).fit((f[tr] / scale).numpy(), y[tr].numpy())
+        return float(m.score((f[te] / scale).numpy(), y[te].numpy()))
+
+    return {"class_share": share / energy if energy > 0 else 0.0, "probe_acc": probe(d),
+            "content_probe_acc": probe(x), "rms": float(d.pow(2).mean().sqrt())}

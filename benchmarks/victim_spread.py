@@ -32,19 +32,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _job(path: str, label: str, protect_seed: int, victims: list[int]) -> dict[str, Any]:
+def _job(path: str, label: str, protect_seed: int, victims: list[int], sets: list[str]) -> dict[str, Any]:
     """Protect once, then train every victim on that protected set: one worker process's unit of work."""
     import torch
 
     torch.set_num_threads(1)
+    from common import noise_diagnostics
+
     from arena.context import Context
     from arena.registry import get_registry
     from arena.splits import load_splits
     from arena.stages import run_protect, run_train
-    from arena.tournament.config import load_config
     from arena.trainer import Recipe
 
-    cfg = load_config(path)
+    cfg = _config(path, sets)
     ds = cfg.datasets[0]
     splits = load_splits(ds.name, ds.params, ds.root, ds.download, ds.train, ds.test, ds.raw_fraction, cfg.split_seed)
     spec = next(p for p in cfg.protectors if p.entry_label == label)
@@ -59,7 +60,18 @@ def _job(path: str, label: str, protect_seed: int, victims: list[int]) -> dict[s
         res = run_train(arch.name, prot.data, splits.test, recipe, seed=v, ctx=Context(seed=v, recipe=recipe))
         accs.append(100 * res.clean_acc)
     return {"protector": label, "protect_seed": protect_seed, "victims": victims, "acc": accs,
-            "protect_s": prot.seconds, "info": prot.info}
+            "protect_s": prot.seconds, "info": prot.info, "noise": noise_diagnostics(splits.train, prot.data)}
+
+
+def _config(path: str, sets: list[str]) -> Any:
+    """The tournament at ``path`` with the ``--set`` overrides applied."""
+    import yaml
+    from common import apply_sets
+
+    from arena.tournament.config import parse_config
+
+    raw = apply_sets(yaml.safe_load(Path(path).read_text()), sets, path)
+    return parse_config(raw, Path(path))
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -89,15 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--victims", type=int, default=4, help="victims per protected set (seeds 100, 101, ...)")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
     ap.add_argument("--json", default=None, help="write the per-victim results and the summary here")
+    ap.add_argument("--set", action="append", default=[], metavar="LABEL.PARAM=VALUE",
+                    help="override a protector param (or recipe.FIELD); repeatable")
     a = ap.parse_args(argv)
 
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
-    from arena.tournament.config import load_config
-
-    cfg = load_config(a.tournament)
+    cfg = _config(a.tournament, a.set)
     labels = [p.entry_label for p in cfg.protectors]
     if a.protectors:
         wanted = [s.strip() for s in a.protectors.split(",") if s.strip()]
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = wanted
     seeds = [int(s) for s in a.protect_seeds.split(",") if s.strip()]
     victims = list(range(100, 100 + a.victims))
-    jobs = [(a.tournament, label, s, victims) for label in labels for s in seeds]
+    jobs = [(a.tournament, label, s, victims, a.set) for label in labels for s in seeds]
     results = []
     with ProcessPoolExecutor(max_workers=a.workers) as pool, Progress(console=Console(stderr=True)) as bar:
         task = bar.add_task("protected sets", total=len(jobs))
@@ -123,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(label, str(s["within_sd"]), str(s["between_sd"]), f"{s['all_mean']:.1f}", *sets)
     Console(width=220).print(t)
     if a.json:
-        Path(a.json).write_text(json.dumps({"tournament": a.tournament, "results": results, "summary": summary},
+        Path(a.json).write_text(json.dumps({"tournament": a.tournament, "set": a.set, "results": results,
+                                            "summary": summary},
                                            indent=1, default=str))
     return 0
 
