@@ -15,6 +15,10 @@ change of settings is judged against the settings before it on the same machine:
 
     python benchmarks/stability.py tournaments/quick.yaml --against benchmarks/settings/quick-before.yaml
     python benchmarks/stability.py tournaments/quick.yaml --seeds 5 --exploiters none,iss-grayscale
+    python benchmarks/stability.py tournaments/quick.yaml --protectors sem --against-set sem.def_steps=3
+
+``--set LABEL.PARAM=VALUE`` / ``recipe.FIELD=VALUE`` (and ``--against-set``) change one setting of a committed
+file on the command line, so a variant needs no copied YAML that drifts from the file it varies.
 
 Rows land in ``--output`` (default ``runs/stability-<name>``): a rerun recomputes nothing, and an
 interrupted run resumes. ``--json FILE`` writes the summary for BENCHMARKS.md.
@@ -34,14 +38,16 @@ sys.path.insert(0, str(ROOT))
 
 
 def derive(path: str, seeds: int, exploiters: list[str] | None, arch: str | None, protectors: list[str] | None,
-           output: str | None) -> tuple[Any, str]:
-    """The tournament at ``path`` with its grid cut to the given exploiters, one architecture and N seeds."""
+           output: str | None, sets: list[str] | None = None) -> tuple[Any, str]:
+    """The tournament at ``path`` with its grid cut to the given exploiters, one architecture and N seeds, and
+    the ``--set`` overrides applied."""
     import yaml
+    from common import apply_sets
 
     from arena.tournament.config import parse_config
 
     p = Path(path)
-    raw = yaml.safe_load(p.read_text())
+    raw = apply_sets(yaml.safe_load(p.read_text()), sets or [], path)
     name = f"stability-{raw.get('name', p.stem)}"
     raw["name"] = name
 
@@ -124,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default=None, help="architecture (default: the file's first)")
     ap.add_argument("--output", default=None, help="rows directory (default runs/stability-<name>)")
     ap.add_argument("--json", default=None, help="write the summary here")
+    ap.add_argument("--set", action="append", default=[], metavar="LABEL.PARAM=VALUE",
+                    help="override a protector param (or recipe.FIELD) of the first file; repeatable")
+    ap.add_argument("--against-set", action="append", default=[], metavar="LABEL.PARAM=VALUE",
+                    help="the same for --against (which defaults to the first file when only this is given)")
     a = ap.parse_args(argv)
+    if a.against_set and not a.against:
+        a.against = a.tournament
     from rich.console import Console
     from rich.table import Table
 
@@ -135,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         if path is None:
             continue
         out = a.output if label == "now" else None
-        cfg, name = derive(path, a.seeds, expl, a.arch, prot, out if label == "now" else None)
+        sets = a.set if label == "now" else a.against_set
+        cfg, name = derive(path, a.seeds, expl, a.arch, prot, out if label == "now" else None, sets)
+        if label == "against" and a.against_set:  # a variant of the same file: its own rows directory
+            name = f"{name}-variant"
+            cfg = derive(path, a.seeds, expl, a.arch, prot, str(ROOT / "runs" / name), sets)[0]
         runs[label] = {"file": path, "name": name, "cells": run(cfg)}
     import torch
 

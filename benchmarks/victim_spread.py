@@ -9,7 +9,12 @@ content on a fixed protected set is the method's behaviour at that scale, and no
 This script separates the two: it protects the tournament's train split once per protect seed and trains V
 victims (seeds 100, 101, ...) on each protected set, exploiter ``none``, the tournament's data, recipe and
 protector params, the first architecture. It prints, per protector, the victims' sd on each fixed protected
-set ("within") and the sd of the per-protect-seed means ("between")::
+set ("within") and the sd of the per-protect-seed means ("between"), and beside each set's accuracies the
+share of the clean test images its victims send to their two most-predicted classes ("top-2"; 0.2 for a
+victim that spreads its predictions like the ten balanced classes): a victim that learned the shortcut and
+little content sends the shortcut-less test images to the classes whose shortcut looks most like its absence.
+Per set the JSON also holds the noise diagnostics of ``benchmarks/common.py`` (class share, a linear probe on
+the noise alone) and each victim's prediction counts::
 
     python benchmarks/victim_spread.py tournaments/quick.yaml --protect-seeds 0,1,2 --victims 4 \\
         --protectors emn-samplewise,sem --json benchmarks/results/victim-spread-quick.json
@@ -40,10 +45,11 @@ def _job(path: str, label: str, protect_seed: int, victims: list[int], sets: lis
     from common import noise_diagnostics
 
     from arena.context import Context
+    from arena.models import build_model
     from arena.registry import get_registry
     from arena.splits import load_splits
-    from arena.stages import run_protect, run_train
-    from arena.trainer import Recipe
+    from arena.stages import run_protect
+    from arena.trainer import Recipe, train_victim
 
     cfg = _config(path, sets)
     ds = cfg.datasets[0]
@@ -55,12 +61,28 @@ def _job(path: str, label: str, protect_seed: int, victims: list[int], sets: lis
     # a tournament hands the victim recipe only to protectors that declare they use it (arena/tournament/grid.py)
     ctx = Context(seed=protect_seed, recipe=recipe if getattr(protector, "uses_recipe", False) else Recipe())
     prot = run_protect(protector, splits.train, ctx)
-    accs = []
+    accs, hists = [], []
     for v in victims:
-        res = run_train(arch.name, prot.data, splits.test, recipe, seed=v, ctx=Context(seed=v, recipe=recipe))
+        model = build_model(arch.name, splits.train.num_classes, *splits.train.shape[:2], seed=v)
+        res = train_victim(model, prot.data, splits.test, recipe, seed=v)
         accs.append(100 * res.clean_acc)
+        hists.append(_prediction_counts(model, splits.test))
     return {"protector": label, "protect_seed": protect_seed, "victims": victims, "acc": accs,
-            "protect_s": prot.seconds, "info": prot.info, "noise": noise_diagnostics(splits.train, prot.data)}
+            "test_predictions": hists, "protect_s": prot.seconds, "info": prot.info,
+            "noise": noise_diagnostics(splits.train, prot.data)}
+
+
+def _prediction_counts(model: Any, test: Any) -> list[int]:
+    """How many clean test images the victim assigns to each class. A victim that learned a shortcut and
+    little content sends the clean images (which lack the shortcut) to the few classes whose shortcut looks
+    most like its absence: the count says which classes those are."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(test.images[i:i + 512].float().div(255)).argmax(1)
+                          for i in range(0, len(test), 512)])
+    return torch.bincount(pred, minlength=test.num_classes).tolist()
 
 
 def _config(path: str, sets: list[str]) -> Any:
@@ -84,6 +106,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[label] = {
             "sets": [{"protect_seed": r["protect_seed"], "acc": [round(a, 1) for a in r["acc"]],
                       "mean": round(statistics.fmean(r["acc"]), 1),
+                      # share of the clean test images the victims send to their two most-predicted classes
+                      "top2_share": round(statistics.fmean(sum(sorted(h)[-2:]) / sum(h)
+                                                           for h in r.get("test_predictions") or [[1]]), 2),
                       "sd": round(statistics.stdev(r["acc"]), 1) if len(r["acc"]) > 1 else None} for r in rs],
             # pooled within-set sd: the square root of the mean within-set variance (equal victim counts)
             "within_sd": round(statistics.fmean(s * s for s in within) ** 0.5, 1) if within else None,
@@ -131,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("protector", "within sd", "between sd", "mean", *[f"protect seed {s}" for s in seeds]):
         t.add_column(col)
     for label, s in summary.items():
-        sets = [f"{x['mean']:.1f} ({' '.join(f'{v:.0f}' for v in x['acc'])})" for x in s["sets"]]
+        sets = [f"{x['mean']:.1f} ({' '.join(f'{v:.0f}' for v in x['acc'])}; top-2 {x['top2_share']:.2f})"
+                for x in s["sets"]]
         t.add_row(label, str(s["within_sd"]), str(s["between_sd"]), f"{s['all_mean']:.1f}", *sets)
     Console(width=220).print(t)
     if a.json:

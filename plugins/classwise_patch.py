@@ -18,6 +18,14 @@ none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is"
 five seeds give 21-38 % (sd 6.8). Victims on one protected set agree within 3.0 points; the colour sets of
 protect seeds 0-2 give 43 / 29 / 24 %, and neither their closest pair (134 / 136 / 142 levels) nor their
 distance from the black background (74 / 11 / 27) orders them.
+
+What does order them (fourth session, same machine; ``benchmarks/victim_spread.py ... --protectors
+classwise-patch --protect-seeds 0,1,2 --victims 4``): the victim learns the patch and little content, and a
+clean test image, whose corner is black, goes to the classes whose patch looks most like no patch. Sets 1
+and 2 each hold a near-black colour ((1, 2, 11), (21, 15, 9)) and a dull grey one; their victims put 90 % /
+89 % of the test images into those two classes and score 29 / 24 %. Set 0's darkest colour is (48, 56, 0);
+its victims spread the test images over four classes (57 % in the top two) and score 43 %. The spread is
+the baseline's own mechanism, so the colours stay random per class as the paper has them.
 """
 
 from __future__ import annotations

@@ -49,14 +49,20 @@ Differences from the reference code, and why:
 - All randomness (batch order, augmentation, starts) comes from seeded generators, so a seed gives
   the same images on CPU.
 
-Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small victim 10 epochs, exploiter
-none, 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "whose spread it is": ``benchmarks/stability.py``
-5 seeds, ``benchmarks/victim_spread.py`` 4 victims on each of 3 protected sets; unprotected 93.0 %, sd 1.1):
-SEM gives 24-55 % (sd 12.3), REM 20-55 % (sd 15.6). Victims on one protected set agree within 4.3 / 2.6
-points, but the sets of protect seeds 0-2 differ (SEM 47 / 24 / 49 %, REM 49 / 26 / 22 %): the spread is the
-protect stage's. With 60 surrogate steps a seed's victim follows its surrogate's clean accuracy
-(``protect_info.surrogate_acc_clean``); 180 steps lift every surrogate to 59-79 % clean and leave the spread
-(between-set sd 16.4 / 12.1), so the step count is not the cause, and the cause is not found yet.
+Seed spread at the quick tournament's scale (issue 19; digits 16 px, cnn-small surrogate of 60 steps, J = 2;
+cnn-small victim 10 epochs, exploiter none; 2-core AMD EPYC without AVX-512, fp32; BENCHMARKS.md, "SEM and
+REM: the defensive steps"; unprotected 93.0 %, sd 1.1):
+- With 3 defensive steps of 0.0235 at 16/255 (a travel of 1.1x the radius) SEM gave 24-55 % (sd 12.3) and REM
+  20-55 % (sd 15.6) over 5 seeds. Victims on one protected set agreed within 2.6-4.3 points, and the sets of
+  different protect seeds differed by 14 points (sd).
+- The papers' ratio, 10 steps travelling twice the radius (10 x 0.0125), gives **SEM 10-30 % (sd 8.3), REM
+  18-36 % (sd 7.0)** over 5 seeds (``benchmarks/stability.py``). The noise keeps less of its random start and
+  more of its energy in its class means (51-71 % against 41-55 %), and over 36 protected sets the victim's
+  accuracy follows that share (Spearman -0.68). ``tournaments/quick.yaml`` uses these 10 steps.
+- What remains (between-set sd 7.8 / 7.1) is the game's whole path. Swapping the surrogate's init seed and
+  the seed of everything else moves the outcome with neither alone; 3x the surrogate steps did not remove it,
+  and J = 5 cut REM's to 4.1 but not SEM's (8.6) at 2.6-3.4x the cost. At this scale it is the method's
+  behaviour.
 """
 
 from __future__ import annotations
