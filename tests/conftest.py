@@ -46,13 +46,15 @@ def digits32():
     return make_splits(train, test, seed=0)
 
 
-# Sample-wise EMN as tests/test_emn.py runs it: the paper's PGD (20 steps of eps/10) with a cnn-small surrogate.
-# Cheaper PGD (5 steps of 0.0125) also works but leaves the victim at 31-37 % over victim seeds, too close to
-# the 35 % bar of test_emn to be a stable test.
-EMN_SAMPLEWISE = {"surrogate": "cnn-small"}
+# Sample-wise EMN as tests/test_emn.py runs it: 16/255 (the quick grid's radius on digits) with 5 PGD steps of
+# 0.025 (a travel of twice the radius, like the paper's 20 steps of eps/10) and a cnn-small surrogate. Measured on
+# this split, victim seed 0, 10 epochs, one 2-core AMD EPYC: clean 93.0 %, EMN 14.4 % (test_emn's bar: 35 %),
+# grayscale-purified 77.7 % (test_exploiters' bar: 53.7 %), in about half the time of the paper's 8/255 with
+# 20 steps and a 15-epoch victim, which left EMN at 31.0 %, 4 points from the bar.
+EMN_SAMPLEWISE = {"surrogate": "cnn-small", "eps": 16 / 255, "pgd_steps": 5, "step": 0.025}
 # The EMN tests' victim: pad 2 at 16 px = the usual pad 4 at 32 px; float32 so the accuracy bars do not depend on
 # whether this CPU has native bf16 (the recipe's ``auto`` turns bf16 on where it has).
-EMN_VICTIM = {"epochs": 15, "batch_size": 128, "crop_pad": 2, "amp": "off"}
+EMN_VICTIM = {"epochs": 10, "batch_size": 128, "crop_pad": 2, "amp": "off"}
 
 
 @pytest.fixture(scope="session")
