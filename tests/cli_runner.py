@@ -158,7 +158,27 @@ def run_cli(args: Sequence[str], *, cwd: str | os.PathLike | None = None, env: M
     global _SERVER
     if _SERVER is None or _SERVER.proc.poll() is not None:
         _SERVER = CliServer()
+    if os.environ.get("ARENA_TEST_CLI_COMPARE") and module == "arena.cli":
+        _compare(args, cwd, env, timeout, text)
     return _SERVER.run(args, cwd=cwd, env=env, timeout=timeout, text=text, check=check, module=module)
+
+
+def _compare(args: Sequence[str], cwd: str | os.PathLike | None, env: Mapping[str, str] | None,
+             timeout: float | None, text: bool) -> None:
+    """``ARENA_TEST_CLI_COMPARE=1``: run each call a second time in a real interpreter and fail on a different
+    exit code or stderr, so the runner can be checked against what it replaces whenever it changes. The
+    calls run one after the other on the same files: a call that changes them may differ for that reason."""
+    real = subprocess.run([sys.executable, "-m", "arena.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=text, timeout=timeout, env=None if env is None else dict(env))
+    fast = _SERVER.run(args, cwd=cwd, env=env, timeout=timeout, text=text)
+    with open(os.environ["ARENA_TEST_CLI_COMPARE"], "a") if os.environ["ARENA_TEST_CLI_COMPARE"] != "1" \
+            else open(os.devnull, "w") as log:
+        log.write(json.dumps({"args": list(map(str, args)), "rc": [real.returncode, fast.returncode],
+                              "stderr_same": real.stderr == fast.stderr, "stdout_same": real.stdout == fast.stdout,
+                              "stderr": fast.stderr[-300:]}) + "\n")
+    assert (fast.returncode, fast.stderr) == (real.returncode, real.stderr), (
+        f"runner and real interpreter differ for {list(args)}:\nreal rc {real.returncode}, stderr:\n{real.stderr}"
+        f"\nrunner rc {fast.returncode}, stderr:\n{fast.stderr}")
 
 
 def shutdown() -> None:
