@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import sys
 import tempfile
 
 import pytest
@@ -25,6 +26,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # instance runs at a time, and a module's name where its tests share a module- or session-scoped result.
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cli_server():
+    """Stops the forking CLI server of tests/cli_runner.py at the end of the session; the first ``run_cli``
+    starts it, so a session that never runs the CLI never pays for it."""
+    yield
+    runner = sys.modules.get("tests.cli_runner")  # imported by the test modules that run the CLI
+    if runner is not None:
+        runner.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import yaml
 from arena.codehash import CodeHasher
 from arena.registry import Registry, RegistryError, load_extra_plugins, resolve_plugin
 from arena.tournament.config import ConfigError, load_config
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,8 @@ def test_path_entry_is_relative_to_the_yaml_and_loads_the_same_in_a_worker_proce
     cfg = load_config(path, reg=Registry())
     entry = str(tmp_path / "t" / "mine" / "authoring_bypath.py")
     assert cfg.plugin_modules == [entry]
-    # what a worker does with the entries it is handed, in a fresh process started somewhere else
+    # what a worker does with the entries it is handed, in a fresh process started somewhere else (a real
+    # interpreter, not tests/cli_runner.py: the question is what a process that imported nothing yet can import)
     code = ("import sys; from arena.registry import Registry, load_extra_plugins; reg = Registry(); "
             "print(load_extra_plugins(reg, sys.argv[1:]), reg.names('protectors'))")
     out = subprocess.run([sys.executable, "-c", code, *cfg.plugin_modules], cwd="/", capture_output=True, text=True,
@@ -213,8 +215,7 @@ def test_a_broken_entry_point_is_skipped_with_one_warning_line(tmp_path) -> None
     own = os.environ["ARENA_PLUGINS"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]),
            "ARENA_PLUGINS": f"{own},ab-import,ab-hook,ab-register,ab-good"}
-    out = subprocess.run([sys.executable, "-m", "arena.cli", "plugins", "--json"], capture_output=True, text=True,
-                         env=env, cwd=tmp_path)
+    out = run_cli(["plugins", "--json"], env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     names = {p["name"] for p in json.loads(out.stdout)}
     assert {"ab-good", "none", "classwise-patch"} <= names and not names & {"ab-import", "ab-hook", "ab-register"}

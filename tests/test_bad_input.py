@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ import yaml
 from arena.params import ArenaError, ParamError
 from arena.registry import get_registry
 from arena.tournament.config import ConfigError, load_config
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +34,7 @@ def _write(path: Path, cfg: dict) -> Path:
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arena.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    return run_cli(args, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from arena.cli import main
 from arena.conformance import assert_conforms
+from tests.cli_runner import run_cli
 
 
 @pytest.mark.parametrize("kind,name", [("protector", "none"), ("protector", "classwise-noise"),
@@ -35,16 +34,15 @@ def test_check_plugin_command(capsys: pytest.CaptureFixture) -> None:
 ])
 def test_bad_input_is_one_line(argv: list[str], needle: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ARENA_DATA", raising=False)
-    out = subprocess.run([sys.executable, "-m", "arena.cli", *argv], capture_output=True, text=True)
+    out = run_cli(argv)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in out.stderr
 
 
 def test_train_command_json() -> None:
-    out = subprocess.run([sys.executable, "-m", "arena.cli", "train", "--dataset-params", '{"size": 16}',
-                          "--protector", "classwise-patch", "--epochs", "2", "--json"],
-                         capture_output=True, text=True, check=True)
+    out = run_cli(["train", "--dataset-params", '{"size": 16}', "--protector", "classwise-patch", "--epochs", "2",
+                   "--json"], check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["protector"] == "classwise-patch" and len(row["acc_curve"]) == 2 and 0 <= row["clean_acc"] <= 1
     assert row["patch_area"] > 0 and row["psnr"] < 100

@@ -45,6 +45,7 @@ def _own_lines(stderr: str) -> list[str]:
 def test_a_second_driver_on_one_directory_is_refused_and_a_dead_ones_lock_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "out"
     path = _write(tmp_path, {**TINY, "output": str(out)})
+    # the lock's holder is a process of its own, held open while the second driver is refused
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom arena.tournament.lock import DriverLock\n"
          f"with DriverLock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],

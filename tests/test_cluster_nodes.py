@@ -36,6 +36,8 @@ def two_nodes():
 
 
 def _arena(*args: str, timeout: float = 400, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    # A real interpreter, not tests/cli_runner.py: these drivers join a multi-node Ray cluster, and one runs
+    # from a decoy project whose ``plugins`` package must not shadow the built-ins in a fresh process.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, "-m", "arena.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -91,6 +93,7 @@ def test_a_worker_node_lost_mid_run_every_cell_still_ends_with_one_row(tmp_path:
     cfg = {**TINY, "protectors": ["none", "classwise-noise", "classwise-patch"], "seeds": [0, 1],
            "recipe": {"epochs": 2, "batch_size": 64}, "output": str(tmp_path / "out")}
     path = _write(tmp_path, cfg)
+    # a real interpreter: the driver keeps running while a node is taken away under it
     proc = subprocess.Popen([sys.executable, "-m", "arena.cli", "tournament", str(path), "--no-live", "--address",
                              cluster.address, "--storage", store.as_uri()], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

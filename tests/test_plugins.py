@@ -14,6 +14,7 @@ import pytest
 from arena import Budget, Exploiter, Protector, hookimpl
 from arena.params import ParamError
 from arena.registry import Registry, RegistryError, get_registry
+from tests.cli_runner import run_cli
 
 BASELINES = {"protectors": ["classwise-noise", "classwise-patch", "none"], "exploiters": ["none"]}
 
@@ -30,8 +31,7 @@ def test_baselines_come_from_entry_points() -> None:
 
 
 def test_plugins_json_lists_baselines_with_their_source() -> None:
-    out = subprocess.run([sys.executable, "-m", "arena.cli", "plugins", "--json"], capture_output=True, text=True,
-                         check=True)
+    out = run_cli(["plugins", "--json"], check=True)
     data = {p["name"]: p for p in json.loads(out.stdout)}
     assert data["classwise-patch"]["registered"] == {"protectors": ["classwise-patch"]}
     assert data["classwise-patch"]["source"].startswith("entry point unlearnable-arena")
@@ -142,6 +142,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _plugins_json(cwd: Path, pythonpath: str | None = None) -> dict[str, dict]:
+    # A real interpreter, not tests/cli_runner.py: the question is what a fresh process imports with a decoy
+    # ``plugins`` package first on sys.path, and the runner's children have the built-ins imported already.
     env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     out = subprocess.run([sys.executable, "-m", "arena.cli", "plugins", "--json"], capture_output=True, text=True,
                          cwd=cwd, env=env, timeout=300)
@@ -164,6 +166,7 @@ def test_a_users_own_plugins_folder_does_not_shadow_the_builtins(tmp_path: Path)
 def test_a_checkout_runs_its_own_builtin_plugins() -> None:
     """From a checkout (a git worktree too), ``arena_plugins`` is that checkout's ``plugins/`` folder even
     when an editable install maps the name to another checkout; see arena/checkout.py."""
+    # A real interpreter: what a fresh process imports is the question (the CLI runner has it imported).
     out = subprocess.run([sys.executable, "-c", "import arena, arena_plugins; print(arena_plugins.__file__)"],
                          capture_output=True, text=True, cwd=ROOT, check=True)
     assert Path(out.stdout.strip()).resolve() == (ROOT / "plugins" / "__init__.py").resolve()

@@ -107,12 +107,10 @@ def test_labelled_folders_for_a_protector_without_encoder(tmp_path, capsys) -> N
 
 
 def test_cli_errors_are_one_line(generator_file, tmp_path, capsys) -> None:
-    import subprocess
-    import sys
+    from tests.cli_runner import run_cli
 
-    # the installed console script path: a subprocess, no traceback, exit code 2
-    out = subprocess.run([sys.executable, "-m", "arena.cli", "protect", "--with", "confoundergan",
-                          str(tmp_path), str(tmp_path / "o")], capture_output=True, text=True)
+    # the installed console script path: a process of its own, no traceback, exit code 2
+    out = run_cli(["protect", "--with", "confoundergan", str(tmp_path), str(tmp_path / "o")])
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--model" in out.stderr
     src = tmp_path / "src"
     _photos(src)

@@ -18,6 +18,7 @@ from arena.board import matrices, plot_heatmaps, rankings
 from arena.leaderboard import SCHEMA_VERSION, read_rows
 from arena.tournament.config import ConfigError, load_config
 from arena.tournament.runner import run_tournament
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +101,7 @@ def test_killed_run_resumes_with_every_cell_exactly_once(tmp_path: Path, ray_loc
            "exploiters": ["none"], "seeds": [0, 1], "recipe": {"epochs": 2, "batch_size": 64},
            "output": str(tmp_path / "out")}
     path = _write(tmp_path, cfg)
+    # A real interpreter, not tests/cli_runner.py: the driver is killed from outside mid-run (its session).
     proc = subprocess.Popen([sys.executable, "-m", "arena.cli", "tournament", str(path), "--no-live"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
@@ -159,7 +161,7 @@ def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
     p.write_text("name: x\nprotectors: [none\nexploiters: [none]\n")
     with pytest.raises(ConfigError, match=r"broken.yaml: line \d+, column \d+: not valid YAML"):
         load_config(p)
-    out = subprocess.run([sys.executable, "-m", "arena.cli", "tournament", str(p)], capture_output=True, text=True)
+    out = run_cli(["tournament", str(p)])
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
 
 
