@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from arena.integrity import IntegrityError
 from arena.leaderboard import read_rows
 from arena.tournament.config import load_config
 from arena.tournament.runner import run_tournament
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,13 +63,11 @@ def test_tampered_stored_split_stops_the_next_run_naming_the_file(tmp_path, ray_
     run_tournament(_cfg(tmp_path, "o", protectors=[{"name": "test-tamper", "params": {"target": str(test_npz)}}]),
                    live=False)
     path = tmp_path / "o.yaml"
-    out = subprocess.run([sys.executable, "-m", "arena.cli", "tournament", str(path), "--no-live"], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = run_cli(["tournament", str(path), "--no-live"], cwd=ROOT)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and str(test_npz) in lines[0] and "does not match its recorded hash" in lines[0], lines
-    v = subprocess.run([sys.executable, "-m", "arena.cli", "verify", str(tmp_path / "o")], cwd=ROOT,
-                       capture_output=True, text=True)
+    v = run_cli(["verify", str(tmp_path / "o")], cwd=ROOT)
     assert v.returncode == 1 and str(test_npz) in v.stdout and v.stdout.count("\n") == 1, v.stdout
     assert len(rows_before) == 1
 
@@ -80,8 +77,7 @@ def test_tampered_stage_output_stops_the_run_without_writing_rows(tmp_path, ray_
 
     cfg = _cfg(tmp_path, "s")
     run_tournament(cfg, live=False)
-    ok = subprocess.run([sys.executable, "-m", "arena.cli", "verify", str(tmp_path / "s")], cwd=ROOT,
-                        capture_output=True, text=True)
+    ok = run_cli(["verify", str(tmp_path / "s")], cwd=ROOT)
     assert ok.returncode == 0 and "0 bad" in ok.stdout, ok.stdout + ok.stderr
     (npz,) = (tmp_path / "s" / ".cache" / "purify").glob("*.npz")
     d = ImageSet.load(npz)
@@ -165,8 +161,7 @@ def test_corrupt_and_foreign_row_files_are_named_skipped_moved_aside_and_recompu
     assert len(err) == 2 and all(line.startswith("warning: ") and line.endswith("skipped") for line in err), err
     named = {line.split(": ")[1]: line for line in err}
     assert "not a readable Parquet file" in named[str(row)] and "no 'cell_key' column" in named[str(foreign)], err
-    board = subprocess.run([sys.executable, "-m", "arena.cli", "leaderboard", str(tmp_path / "r")], cwd=ROOT,
-                           capture_output=True, text=True)
+    board = run_cli(["leaderboard", str(tmp_path / "r")], cwd=ROOT)
     assert "Traceback" not in board.stderr and str(row) in board.stderr, board.stderr
     s = run_tournament(cfg, live=False)
     assert s.ran == 1 and s.skipped == 0, "the corrupt row's cell is recomputed, not counted as finished"
