@@ -71,32 +71,27 @@ def apply_sets(raw: dict[str, Any], sets: list[str], where: str) -> dict[str, An
     return raw
 
 
-def noise_diagnostics(clean: Any, protected: Any, seed: int = 0) -> dict[str, float]:
-    """How much of a protector's noise a victim could take as a class shortcut, read from the noise alone.
+def tournament_raw(path: str, sets: list[str]) -> dict[str, Any]:
+    """A tournament file's raw YAML mapping with the ``--set`` overrides applied, for scripts that change or
+    parse it further (``arena.tournament.config.parse_config``)."""
+    from pathlib import Path
+
+    import yaml
+
+    return apply_sets(yaml.safe_load(Path(path).read_text()), sets, path)
+
+
+def noise_class_share(clean: Any, protected: Any) -> dict[str, float]:
+    """How much of a protector's noise is one pattern per class, read from the noise alone.
 
     ``class_share``: the fraction of the noise's energy in its per-class means (1 for class-wise noise, about
-    1/n_per_class for independent sample-wise noise). ``probe_acc``: held-out accuracy of a linear classifier
-    fitted on the noise alone (delta = protected - clean), a third of the images held out; ``content_probe_acc``
-    the same classifier fitted on the clean images, the race the noise has to win. ``rms``: root mean square
-    of the noise in [0,1] units.
+    1/n_per_class for independent sample-wise noise); on SEM/REM the victim's accuracy follows it
+    (BENCHMARKS.md). ``rms``: root mean square of the noise in [0,1] units. The linear separability of the
+    noise is already a stage metric (``arena.diagnostics.noise_separability``, ``StageOutput.metrics``).
     """
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
     x = clean.images.float().div(255).flatten(1)
     d = protected.images.float().div(255).flatten(1) - x
     y = clean.labels.long()
     energy = float(d.pow(2).sum())
     share = sum(float((y == c).sum()) * float(d[y == c].mean(0).pow(2).sum()) for c in y.unique().tolist())
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(y), generator=g)
-    cut = len(y) * 2 // 3
-    tr, te = perm[:cut], perm[cut:]
-
-    def probe(f: torch.Tensor) -> float:
-        scale = f[tr].std().clamp_min(1e-12)  # one scale for all features: the probe sees the noise's shape
-        m = LogisticRegression(max_iter=3000, C=1.0).fit((f[tr] / scale).numpy(), y[tr].numpy())
-        return float(m.score((f[te] / scale).numpy(), y[te].numpy()))
-
-    return {"class_share": share / energy if energy > 0 else 0.0, "probe_acc": probe(d),
-            "content_probe_acc": probe(x), "rms": float(d.pow(2).mean().sqrt())}
+    return {"class_share": share / energy if energy > 0 else 0.0, "rms": float(d.pow(2).mean().sqrt())}

@@ -41,13 +41,12 @@ def derive(path: str, seeds: int, exploiters: list[str] | None, arch: str | None
            output: str | None, sets: list[str] | None = None) -> tuple[Any, str]:
     """The tournament at ``path`` with its grid cut to the given exploiters, one architecture and N seeds, and
     the ``--set`` overrides applied."""
-    import yaml
-    from common import apply_sets
+    from common import tournament_raw
 
     from arena.tournament.config import parse_config
 
     p = Path(path)
-    raw = apply_sets(yaml.safe_load(p.read_text()), sets or [], path)
+    raw = tournament_raw(path, sets or [])
     name = f"stability-{raw.get('name', p.stem)}"
     raw["name"] = name
 

@@ -13,14 +13,17 @@ set ("within") and the sd of the per-protect-seed means ("between"), and beside 
 share of the clean test images its victims send to their two most-predicted classes ("top-2"; 0.2 for a
 victim that spreads its predictions like the ten balanced classes): a victim that learned the shortcut and
 little content sends the shortcut-less test images to the classes whose shortcut looks most like its absence.
-Per set the JSON also holds the noise diagnostics of ``benchmarks/common.py`` (class share, a linear probe on
-the noise alone) and each victim's prediction counts::
+Per set the JSON also holds the noise's class share (``benchmarks/common.py``), its separability (the protect
+stage's own metric) and each victim's prediction counts::
 
     python benchmarks/victim_spread.py tournaments/quick.yaml --protect-seeds 0,1,2 --victims 4 \\
         --protectors emn-samplewise,sem --json benchmarks/results/victim-spread-quick.json
 
-Stage calls go through ``arena.stages`` (the contract and budget checks of a tournament), in a pool of
-``--workers`` processes with one torch thread each. Nothing is cached: it is a measurement, not a run.
+The protect stage goes through ``arena.stages.run_protect`` (the contract and budget checks of a tournament).
+Victims are built and trained as ``arena.stages.run_train`` does for exploiter ``none`` (``build_model`` and
+``train_victim`` with the victim's seed; the accuracies are the same bit for bit), called directly so the
+script keeps the model to count its predictions. A pool of ``--workers`` processes with one torch thread each;
+nothing is cached: it is a measurement, not a run.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def _job(path: str, label: str, protect_seed: int, victims: list[int], sets: lis
     import torch
 
     torch.set_num_threads(1)
-    from common import noise_diagnostics
+    from common import noise_class_share
 
     from arena.context import Context
     from arena.models import build_model
@@ -69,7 +72,8 @@ def _job(path: str, label: str, protect_seed: int, victims: list[int], sets: lis
         hists.append(_prediction_counts(model, splits.test))
     return {"protector": label, "protect_seed": protect_seed, "victims": victims, "acc": accs,
             "test_predictions": hists, "protect_s": prot.seconds, "info": prot.info,
-            "noise": noise_diagnostics(splits.train, prot.data)}
+            "noise": {**noise_class_share(splits.train, prot.data),
+                      "separability": prot.metrics["noise_separability"]}}
 
 
 def _prediction_counts(model: Any, test: Any) -> list[int]:
@@ -87,13 +91,11 @@ def _prediction_counts(model: Any, test: Any) -> list[int]:
 
 def _config(path: str, sets: list[str]) -> Any:
     """The tournament at ``path`` with the ``--set`` overrides applied."""
-    import yaml
-    from common import apply_sets
+    from common import tournament_raw
 
     from arena.tournament.config import parse_config
 
-    raw = apply_sets(yaml.safe_load(Path(path).read_text()), sets, path)
-    return parse_config(raw, Path(path))
+    return parse_config(tournament_raw(path, sets), Path(path))
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
