@@ -11,6 +11,10 @@ Two sources, kept apart because they deserve different trust:
   attacks create shortcuts") show that the effective ones are close to linearly separable. A noise whose
   separability is near chance carries no class shortcut whatever the protector reports; the quick
   tournament's seed-to-seed spread (issue 19) is read against this number.
+- and the noise's **class share**: the fraction of its energy in its per-class means. Separability saturates
+  at 1.0 for every protector that plants a shortcut at all; the class share goes on telling them apart. On the
+  quick grid's SEM/REM sets the victim's accuracy fell as the class share rose (Spearman -0.68 over 36
+  protected sets, BENCHMARKS.md, "SEM and REM: the defensive steps"), while separability was 1.0 on all.
 """
 
 from __future__ import annotations
@@ -96,3 +100,21 @@ def noise_separability(clean: torch.Tensor, protected: torch.Tensor, labels: tor
             opt.step()
     with torch.no_grad():
         return float(((x[held] @ w + b).argmax(1) == y[held]).float().mean())
+
+
+def noise_class_share(clean: torch.Tensor, protected: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Share of the noise's energy (sum of squares, in [0,1] units) that lies in its per-class means: 1.0 for
+    class-wise noise, about 1/(images per class) for independent sample-wise noise. ``None`` when there is
+    no noise. Cheap (one pass) and read from the data alone, so a plugin cannot report it for itself. A shift
+    common to every class (the same offset on all images) counts as class-mean energy too, as it did in the
+    measurement the docstring above quotes: read it beside the separability, which such a shift leaves at chance."""
+    d = protected.flatten(1).float().sub_(clean.flatten(1).float()).div_(255.0)
+    energy = float(d.pow(2).sum())
+    if energy <= 0:
+        return None
+    y = labels.long()
+    k = int(y.max()) + 1
+    sums = torch.zeros(k, d.shape[1]).index_add_(0, y, d)
+    counts = torch.bincount(y, minlength=k).clamp_min(1).unsqueeze(1).float()
+    # sum over classes of n_c * |mean_c|^2 = sum_c |sum_c|^2 / n_c
+    return float((sums.pow(2) / counts).sum()) / energy

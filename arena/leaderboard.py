@@ -51,7 +51,8 @@ SCHEMA_VERSION = "2"
 # params, or the YAML's ``label:``), traceback (of a failed cell), budget_kind/budget_value (the declared
 # threat model), protect_info (the protect stage's own convergence diagnostics, JSON), weak (it stopped
 # short of its own criterion) and noise_separability (arena/diagnostics.py), code_hash (of the code that produced the cell) and precision (fp32 / bf16).
-# Rows of schema 1 read back with these columns null.
+# Rows of schema 1 read back with these columns null. Later additions within schema 2, null in older rows:
+# noise_class_share (arena/diagnostics.py).
 SCHEMA = pa.schema([
     ("tournament", pa.string()), ("dataset", pa.string()), ("dataset_params", pa.string()),
     ("train_images", pa.int64()),
@@ -67,6 +68,7 @@ SCHEMA = pa.schema([
     ("psnr", pa.float64()), ("ssim", pa.float64()), ("lpips", pa.float64()),
     ("budget_kind", pa.string()), ("budget_value", pa.float64()),
     ("protect_info", pa.string()), ("weak", pa.bool_()), ("noise_separability", pa.float64()),
+    ("noise_class_share", pa.float64()),
     ("purify_psnr", pa.float64()), ("purify_ssim", pa.float64()),
     ("protect_s", pa.float64()), ("purify_s", pa.float64()), ("train_s", pa.float64()),
     ("images_per_s", pa.float64()),

@@ -17,7 +17,7 @@ from .budget import Budget, check_budget
 from .context import Context
 from .contracts import Exploiter, Protector
 from .data import ImageSet, Splits
-from .diagnostics import noise_separability, protector_info
+from .diagnostics import noise_class_share, noise_separability, protector_info
 from .integrity import IntegrityViolation
 from .metrics import image_quality
 from .models import build_model
@@ -86,7 +86,8 @@ def run_protect(protector: Protector, train: ImageSet, ctx: Context) -> StageOut
     metrics = {"noise_linf": sizes["linf"], "noise_l2": sizes["l2"], "patch_area": sizes["patch_area"],
                "budget_kind": budget.kind, "budget_value": float(budget.value),
                **image_quality(train.images, protected.images),
-               "noise_separability": noise_separability(train.images, protected.images, train.labels)}
+               "noise_separability": noise_separability(train.images, protected.images, train.labels),
+               "noise_class_share": noise_class_share(train.images, protected.images, train.labels)}
     return StageOutput(protected, metrics, seconds, info)
 
 

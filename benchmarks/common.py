@@ -82,16 +82,11 @@ def tournament_raw(path: str, sets: list[str]) -> dict[str, Any]:
 
 
 def noise_class_share(clean: Any, protected: Any) -> dict[str, float]:
-    """How much of a protector's noise is one pattern per class, read from the noise alone.
+    """How much of a protector's noise is one pattern per class (``class_share``, the stage metric
+    ``arena.diagnostics.noise_class_share``, a row column since the fifth session), and its root mean
+    square in [0,1] units (``rms``). On SEM/REM the victim's accuracy follows the class share (BENCHMARKS.md)."""
+    from arena.diagnostics import noise_class_share as share
 
-    ``class_share``: the fraction of the noise's energy in its per-class means (1 for class-wise noise, about
-    1/n_per_class for independent sample-wise noise); on SEM/REM the victim's accuracy follows it
-    (BENCHMARKS.md). ``rms``: root mean square of the noise in [0,1] units. The linear separability of the
-    noise is already a stage metric (``arena.diagnostics.noise_separability``, ``StageOutput.metrics``).
-    """
-    x = clean.images.float().div(255).flatten(1)
-    d = protected.images.float().div(255).flatten(1) - x
-    y = clean.labels.long()
-    energy = float(d.pow(2).sum())
-    share = sum(float((y == c).sum()) * float(d[y == c].mean(0).pow(2).sum()) for c in y.unique().tolist())
-    return {"class_share": share / energy if energy > 0 else 0.0, "rms": float(d.pow(2).mean().sqrt())}
+    d = protected.images.float().div(255) - clean.images.float().div(255)
+    return {"class_share": share(clean.images, protected.images, clean.labels) or 0.0,
+            "rms": float(d.pow(2).mean().sqrt())}

@@ -188,6 +188,25 @@ def test_diagnostics_list_weak_cells(tmp_path: Path, capsys: pytest.CaptureFixtu
                              "seed": 0, "protect_info": {"final_error": 0.4, "target": 0.01}}]
 
 
+def test_diagnostics_summarize_the_noise_once_per_protect_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every exploiter of a protect stage repeats its noise metrics: the summary counts each seed once, and a
+    row written before the class share existed (null) does not pull the mean down."""
+    rows = [row(acc=0.9)]
+    for s, share in ((0, 0.4), (1, 0.6)):
+        for e in ("none", "mixup"):
+            rows.append(row(p="emn", e=e, seed=s, acc=0.3, noise_separability=1.0, noise_class_share=share,
+                            weak=(s == 1 and e == "none")))
+    rows.append(row(p="emn", e="cutout", seed=2, acc=0.3, noise_separability=0.5, noise_class_share=None))
+    path = board(tmp_path, rows)
+    assert main(["leaderboard", str(path), "--json", "--diagnostics"]) == 0
+    by = {d["protector"]: d for d in json.loads(capsys.readouterr().out)["noise"]}
+    assert by["emn"]["seeds"] == 3 and by["emn"]["weak_cells"] == 1 and by["emn"]["cells"] == 5
+    assert by["emn"]["class_share"] == pytest.approx(0.5) and by["emn"]["separability"] == pytest.approx(2.5 / 3)
+    assert by["none"]["class_share"] is None
+    assert main(["leaderboard", str(path), "--diagnostics"]) == 0
+    assert "class share" in capsys.readouterr().out
+
+
 def test_json_ranking_fields(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = board(tmp_path, [row(acc=0.9, seed=s) for s in (0, 1)] + [row(p="x", acc=0.2 + 0.1 * s, seed=s) for s in (0, 1)])
     assert main(["leaderboard", str(path), "--json"]) == 0

@@ -65,3 +65,20 @@ def test_fit_is_cached(digits16, fitted) -> None:
     again = prot.fit(digits16.train, ctx)  # served from ctx.cache_path: same weights, no training
     x = digits16.raw.images[:20]
     assert torch.equal(enc.encode(x), again.encode(x))
+
+
+def test_the_ceiling_bounds_what_g_reaches_and_says_when_the_objective_is_out_of_reach(digits16, fitted) -> None:
+    """The ceiling is the best single noise per class: G's noise-alone accuracy cannot beat it by more than
+    the PGD's slack, and a classifier that sees the noise rescaled to [-1, 1] is driven to every class while
+    the raw noise (|n| <= eps) leaves it short: the diagnostic tells "f cannot be confounded" from "G did
+    not train"."""
+    prot, enc, ctx = fitted
+    info = enc.config["fit_info"]
+    assert 0.0 <= info["f_noise_ceiling"] <= 1.0
+    assert info["f_acc_noise_alone"] <= info["f_noise_ceiling"] + 0.05, info
+    f = prot._classifier(digits16.train, ctx)  # cached by the fixture's fit
+    eps = prot.eps_for(digits16.train)
+    raw = prot._noise_ceiling(f, digits16.train, eps, False, ctx)
+    unit = prot._noise_ceiling(f, digits16.train, eps, True, ctx)
+    assert raw == info["f_noise_ceiling"]
+    assert unit > 0.9 and unit > raw + 0.2, (raw, unit)

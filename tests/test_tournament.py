@@ -233,6 +233,9 @@ def test_rows_keep_protect_diagnostics_and_mark_a_stage_cut_short_weak(tmp_path:
     assert by["none"]["weak"] is False and by["classwise-noise"]["weak"] is False
     # the arena's own measure of the shortcut: class-wise noise predicts held-out labels perfectly
     assert by["classwise-noise"]["noise_separability"] == 1.0 and by["none"]["noise_separability"] is None
+    # and its energy is one pattern per class (up to the uint8 clipping at 0 and 255); sample-wise EMN's is not
+    assert by["classwise-noise"]["noise_class_share"] > 0.9 and by["none"]["noise_class_share"] is None
+    assert emn_row["noise_class_share"] < by["classwise-noise"]["noise_class_share"] - 0.2, emn_row["noise_class_share"]
 
 
 def test_a_raising_observer_is_reported_and_skipped(tmp_path: Path, ray_local) -> None:

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             out["stale"] = stale
         if args.diagnostics:
             out["weak"] = [_weak_entry(r) for r in weak]
+            out["noise"] = noise_summary(rows)
         print(json.dumps(out, default=str, indent=2))
         return 0
     con = Console()
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     elif bad:
         con.print(f"{len(bad)} cells failed, invalid or absent: see them with --errors")
     if args.diagnostics:
+        con.print(_noise_table(noise_summary(rows)))
         con.print(f"{len(weak)} cells with weak protection" + (":" if weak else ""))
         for r in weak:
             con.print(f"[yellow]weak[/yellow] {_who(r)}: {r.get('protect_info') or '(no diagnostics recorded)'}")
@@ -115,6 +117,42 @@ def _weak_entry(r: dict[str, Any]) -> dict[str, Any]:
     return {"tournament": r["tournament"], "protector": r.get("protector_label") or r["protector"],
             "exploiter": r.get("exploiter_label") or r["exploiter"],
             "architecture": r.get("architecture_label") or r["architecture"], "seed": r["seed"], "protect_info": info}
+
+
+def noise_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per tournament and protector, the arena's own measures of the noise (the same for every exploiter of a
+    protect stage, so averaged over its distinct seeds) and how many of its cells are weak: the evidence a
+    reader weighs a protector's accuracy against."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            groups.setdefault((r["tournament"], r.get("protector_label") or r["protector"]), []).append(r)
+    out = []
+    for (tournament, label), rs in groups.items():
+        per_seed = {r["seed"]: r for r in rs}.values()  # one protect stage per seed (first architecture's)
+
+        def mean(col: str, _rs: Any = per_seed) -> float | None:
+            vals = [r[col] for r in _rs if r.get(col) is not None]
+            return sum(vals) / len(vals) if vals else None
+
+        out.append({"tournament": tournament, "protector": label, "seeds": len(per_seed),
+                    "separability": mean("noise_separability"), "class_share": mean("noise_class_share"),
+                    "weak_cells": sum(bool(r.get("weak")) for r in rs), "cells": len(rs)})
+    return out
+
+
+def _noise_table(summary: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    t = Table(title="the noise, measured by the arena (mean over seeds)")
+    for c in ("tournament", "protector", "seeds", "separability", "class share", "weak cells"):
+        t.add_column(c, justify="left" if c in ("tournament", "protector") else "right")
+    for d in summary:
+        t.add_row(d["tournament"], d["protector"], str(d["seeds"]),
+                  "-" if d["separability"] is None else f"{d['separability']:.2f}",
+                  "-" if d["class_share"] is None else f"{d['class_share']:.2f}",
+                  f"{d['weak_cells']}/{d['cells']}")
+    return t
 
 
 def _pct(x: float | None) -> str:
