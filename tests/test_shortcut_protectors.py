@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EMN_VICTIM
 
 from arena import ArenaError, Budget, Context, Recipe, check_budget, train_victim
 from arena.models import build_model
@@ -43,8 +44,10 @@ def _victim_acc(data, test, mods=None) -> float:
 
 
 @pytest.fixture(scope="module")
-def clean_acc(digits16) -> float:
-    acc = _victim_acc(digits16.train, digits16.test)
+def clean_acc(digits16, clean16_acc) -> float:
+    # conftest's clean16_acc is _victim_acc(digits16.train, digits16.test): the same cnn-small, seed and RECIPE
+    assert RECIPE == Recipe(**EMN_VICTIM), "RECIPE and conftest.EMN_VICTIM must stay one victim to share it"
+    acc = clean16_acc
     assert acc >= 0.9, f"the clean recipe itself is broken ({acc:.3f})"
     return acc
 
