@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from arena.tournament.lock import LOCK_NAME
+from tests.cli_runner import run_cli
 from tests.cluster_fixtures import TINY as CLUSTER_TINY
 from tests.cluster_fixtures import s3_server  # noqa: F401  (a fixture)
 
@@ -33,8 +34,9 @@ def _write(tmp: Path, cfg: dict, name: str = "t.yaml") -> Path:
 
 
 def _arena(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arena.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    # tests/cli_runner.py's forking server, not a fresh interpreter: no call here needs one (none is killed or
+    # held from outside, none joins a Ray cluster of its own; the lock holder below is a process of its own)
+    return run_cli(list(args), cwd=ROOT, timeout=timeout)
 
 
 def _own_lines(stderr: str) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cli_runner import run_cli
 from tests.cluster_fixtures import TINY as CLUSTER_TINY
 from tests.cluster_fixtures import s3_server  # noqa: F401  (a fixture)
 
@@ -36,8 +37,8 @@ def two_nodes():
 
 
 def _arena(*args: str, timeout: float = 400, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    # A real interpreter, not tests/cli_runner.py: these drivers join a multi-node Ray cluster, and one runs
-    # from a decoy project whose ``plugins`` package must not shadow the built-ins in a fresh process.
+    # A real interpreter, not tests/cli_runner.py: these tournament drivers join a multi-node Ray cluster, and
+    # one runs from a decoy project whose ``plugins`` package must not shadow the built-ins in a fresh process.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, "-m", "arena.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -77,7 +78,8 @@ def test_two_nodes_with_s3_storage_every_cell_ok_and_a_local_path_refused(
                  cwd=_decoy(tmp_path))
     assert "decoy" not in run.stderr, run.stderr[-2000:]
     assert run.returncode == 0, run.stderr[-2000:]
-    board = _arena("leaderboard", uri, "--json", timeout=120)
+    # reading the storage joins no cluster and imports no user plugins: tests/cli_runner.py's forking server
+    board = run_cli(["leaderboard", uri, "--json"], cwd=ROOT, timeout=120)
     assert board.returncode == 0, board.stderr
     from arena.leaderboard import read_rows
 

@@ -8,8 +8,11 @@ learns from content within two epochs); ``random-noise`` is not expected to prot
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+from conftest import EMN_VICTIM
 
 from arena import ArenaError, Budget, Context, Recipe, check_budget, train_victim
 from arena.models import build_model
@@ -37,14 +40,16 @@ def _protect(name: str, train, seed: int = 0, params: dict | None = None):
     return p, out, m
 
 
-def _victim_acc(data, test, mods=None) -> float:
+def _victim_acc(data, test, mods=None, recipe: Recipe = RECIPE) -> float:
     model = build_model("cnn-small", data.num_classes, 3, data.shape[1], seed=0)
-    return train_victim(model, data, test, RECIPE, seed=0, mods=mods).clean_acc
+    return train_victim(model, data, test, recipe, seed=0, mods=mods).clean_acc
 
 
 @pytest.fixture(scope="module")
-def clean_acc(digits16) -> float:
-    acc = _victim_acc(digits16.train, digits16.test)
+def clean_acc(digits16, clean16_acc) -> float:
+    # conftest's clean16_acc is _victim_acc(digits16.train, digits16.test): the same cnn-small, seed and RECIPE
+    assert RECIPE == Recipe(**EMN_VICTIM), "RECIPE and conftest.EMN_VICTIM must stay one victim to share it"
+    acc = clean16_acc
     assert acc >= 0.9, f"the clean recipe itself is broken ({acc:.3f})"
     return acc
 
@@ -76,11 +81,15 @@ def test_victim_loses_clean_accuracy(name, digits16, clean_acc):
 def test_ops_survives_adversarial_training(digits16):
     """APBench: OPS keeps CIFAR-10 at 15 % even after adversarial training, because one pixel moved to a
     corner of the colour cube is far outside any L-inf ball the attacker trains against. A cheap Madry AT
-    (8/255, 2 steps of 4/255) on both sides: the protected victim must stay well below the clean one."""
+    (8/255, 2 steps of 4/255) on both sides: the protected victim must stay well below the clean one.
+    6 epochs, not RECIPE's 10 (an adversarial epoch costs three plain ones): measured on this split, victim
+    seeds 0/1, clean 0.92/0.89 (bar 0.8), drop 0.66/0.65 (bar 0.25); at 4 epochs the clean victim fell to
+    0.85/0.77, at or below its bar."""
     ex = get_registry().exploiter("adversarial-training", {"steps": 2, "step_size": 4 / 255, "eval_steps": 0})
     _, out, _ = _protect("ops", digits16.train)
-    clean_at = _victim_acc(digits16.train, digits16.test, mods=[ex.training_mod(Context())])
-    ops_at = _victim_acc(out, digits16.test, mods=[ex.training_mod(Context())])
+    recipe = replace(RECIPE, epochs=6)
+    clean_at = _victim_acc(digits16.train, digits16.test, mods=[ex.training_mod(Context())], recipe=recipe)
+    ops_at = _victim_acc(out, digits16.test, mods=[ex.training_mod(Context())], recipe=recipe)
     assert clean_at >= 0.8, f"adversarial training itself broke the clean victim ({clean_at:.3f})"
     assert ops_at < clean_at - MARGIN, f"ops under adversarial training {ops_at:.3f} vs clean {clean_at:.3f}"
 

@@ -26,13 +26,12 @@ def _acc(splits, protector: str, params: dict | None = None, recipe: Recipe = RE
 
 def test_baselines_on_digits(digits16) -> None:
     """The issue's reference check (cnn-small; at 32 px and 20 epochs it gave none 92.6 %, 8x8 class patch
-    39.7 %, class-wise noise 91.2 %): the class patch is a shortcut; class-wise noise does not stop learning
-    (a finding, reported rather than asserted)."""
+    39.7 %, class-wise noise 91.2 %): the class patch is a shortcut. That class-wise noise does not stop
+    learning was a finding, printed and never asserted: its victim is no longer trained here (a third of the
+    test's time); the quick tournament's leaderboard reports it."""
     none = _acc(digits16, "none")
     patch = _acc(digits16, "classwise-patch", {"ratio": 0.25})
-    noise = _acc(digits16, "classwise-noise")
-    print(f"\ndigits 16px cnn-small 12 epochs: none {none.clean_acc:.3f}, classwise-patch(0.25) {patch.clean_acc:.3f}, "
-          f"classwise-noise(8/255) {noise.clean_acc:.3f}")
+    print(f"\ndigits 16px cnn-small 12 epochs: none {none.clean_acc:.3f}, classwise-patch(0.25) {patch.clean_acc:.3f}")
     assert none.clean_acc >= 0.90
     assert patch.clean_acc <= none.clean_acc - 0.25, "the class patch is a shortcut the victim learns instead"
     assert patch.train_acc > 0.95, "the victim fits the protected train split perfectly well"
