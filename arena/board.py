@@ -125,6 +125,8 @@ def cell_stats(sel: list[dict[str, Any]], metric: str) -> dict[str, Any]:
             "std": None if s is None else s.std,
             "ci_low": None if s is None or s.ci_low is None else max(0.0, s.ci_low),
             "ci_high": None if s is None or s.ci_high is None else min(1.0, s.ci_high),
+            # the t half-width before the clip: "40.8±49.7" with [0, 90.6], never a ± that matches neither bound
+            "half_width": None if s is None else s.half_width,
             "status": "ok" if ok else statuses[0], "error": next((r["error"] for r in sel if r.get("error")), None),
             "seeds": len(sel), "failed": len(sel) - len(ok), "weak": any(bool(r.get("weak")) for r in sel)}
 
@@ -334,7 +336,8 @@ def cell_text(c: dict[str, Any] | None, pct: bool = True) -> str:
     k = 100 if pct else 1
     txt = f"{k * c['value']:.1f}"
     if c.get("ci_high") is not None:
-        txt += f"±{k * (c['ci_high'] - c['ci_low']) / 2:.1f}"
+        hw = c["half_width"] if c.get("half_width") is not None else (c["ci_high"] - c["ci_low"]) / 2
+        txt += f"±{k * hw:.1f}"
     return (txt + ("w" if c.get("weak") else "") + ("!" if c.get("failed") else "")
             + ("?" if c.get("suspicious") else ""))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +314,18 @@ def test_a_cell_above_every_unprotected_cell_is_suspicious_and_not_ranked(tmp_pa
     assert cell_text(cells["cheat"]).endswith("?")
     emn = next(d for d in rankings(rs)["protectors"] if d["protector"] == "emn")
     assert emn["strongest_exploiter"] == "honest" and emn["suspicious"] == ["cheat / cnn-small"]
+
+
+def test_the_plus_minus_is_the_t_half_width_even_where_the_interval_is_clipped_at_zero(tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Three seeds at 45 / 59 / 19 %: t half-width 49.7 points, interval clipped to [0, 90.6]. The ± must be
+    49.7 (the clipped interval's half-width, 45.3, would stand for [-4.5, 86.1], which is neither)."""
+    accs = (0.448, 0.586, 0.192)
+    path = board(tmp_path, [row(acc=0.9)] + [row(p="gan", seed=s, acc=a) for s, a in enumerate(accs)])
+    assert main(["leaderboard", str(path), "--json"]) == 0
+    cell = json.loads(capsys.readouterr().out)["matrices"][0]["cells"]["gan"]["none"]
+    hw = t975(2) * statistics.stdev(accs) / math.sqrt(3)
+    assert cell["ci_low"] == 0.0 and cell["ci_high"] == pytest.approx(statistics.fmean(accs) + hw)
+    assert cell["half_width"] == pytest.approx(hw)
+    assert main(["leaderboard", str(path)]) == 0
+    assert f"{100 * statistics.fmean(accs):.1f}±{100 * hw:.1f}" in capsys.readouterr().out
