@@ -285,7 +285,7 @@ def rankings(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[str,
                 continue
             (we, wa), wc = max(mine.items(), key=lambda kv: kv[1]["value"])
             entries.append({**base, "worst_case_acc": wc["value"], "ci_low": wc["ci_low"], "ci_high": wc["ci_high"],
-                            "n": wc["n"], "strongest_exploiter": we, "strongest_architecture": wa})
+                            "half_width": wc["half_width"], "n": wc["n"], "strongest_exploiter": we, "strongest_architecture": wa})
         threats = sorted({d["threat_model"] for d in entries if not d["baseline"]}, key=lambda t: (t == "unbounded", t))
         for t in threats or ["baseline only"]:
             members = [dict(d) for d in entries if d["threat_model"] == t or d["baseline"]]

@@ -216,7 +216,7 @@ def _protector_table(tab: dict[str, Any], metric: str) -> Any:
         name = d["protector"] + (" (baseline)" if d["baseline"] else "")
         if d["has_invalid"]:
             name += " [red](has invalid cells)[/red]"
-        ci = "" if d["ci_low"] is None else f" ± {50 * (d['ci_high'] - d['ci_low']):.1f} (n={d['n']})"
+        ci = "" if d["ci_low"] is None else f" ± {100 * d['half_width']:.1f} (n={d['n']})"
         miss = d["missing"]
         done = "yes" if d["complete"] else (f"[red]no[/red]: {len(miss)} missing (" + ", ".join(miss[:3])
                                              + (", ..." if len(miss) > 3 else "") + ")")
