@@ -325,6 +325,28 @@ def _exploiter_ranking(setting: dict[str, Any], rs: list[dict[str, Any]], metric
     return out
 
 
+def noise_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per tournament and protector, the arena's own measures of the noise (the same for every exploiter of a
+    protect stage, so averaged over its distinct seeds) and how many of its cells are weak: the evidence a
+    reader weighs a protector's accuracy against."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            groups.setdefault((r["tournament"], r.get("protector_label") or r["protector"]), []).append(r)
+    out = []
+    for (tournament, label), rs in groups.items():
+        per_seed = {r["seed"]: r for r in rs}.values()  # one protect stage per seed (first architecture's)
+
+        def mean(col: str, _rs: Any = per_seed) -> float | None:
+            vals = [r[col] for r in _rs if r.get(col) is not None]
+            return sum(vals) / len(vals) if vals else None
+
+        out.append({"tournament": tournament, "protector": label, "seeds": len(per_seed),
+                    "separability": mean("noise_separability"), "class_share": mean("noise_class_share"),
+                    "weak_cells": sum(bool(r.get("weak")) for r in rs), "cells": len(rs)})
+    return out
+
+
 def cell_text(c: dict[str, Any] | None, pct: bool = True) -> str:
     """Plain text of a cell: ``45.2``, ``45.2±3.1`` (95 % half-width, n > 1), ``failed``, ``n/a``; a trailing
     ``w`` marks weak protection, ``!`` some failed seeds and ``?`` a suspicious cell (above every

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..board import matrices, plot_heatmaps, rankings
+    from ..board import matrices, noise_summary, plot_heatmaps, rankings
     from ..leaderboard import read_rows
     from ..storage import is_uri
 
@@ -117,28 +117,6 @@ def _weak_entry(r: dict[str, Any]) -> dict[str, Any]:
     return {"tournament": r["tournament"], "protector": r.get("protector_label") or r["protector"],
             "exploiter": r.get("exploiter_label") or r["exploiter"],
             "architecture": r.get("architecture_label") or r["architecture"], "seed": r["seed"], "protect_info": info}
-
-
-def noise_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per tournament and protector, the arena's own measures of the noise (the same for every exploiter of a
-    protect stage, so averaged over its distinct seeds) and how many of its cells are weak: the evidence a
-    reader weighs a protector's accuracy against."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        if r.get("status") == "ok":
-            groups.setdefault((r["tournament"], r.get("protector_label") or r["protector"]), []).append(r)
-    out = []
-    for (tournament, label), rs in groups.items():
-        per_seed = {r["seed"]: r for r in rs}.values()  # one protect stage per seed (first architecture's)
-
-        def mean(col: str, _rs: Any = per_seed) -> float | None:
-            vals = [r[col] for r in _rs if r.get(col) is not None]
-            return sum(vals) / len(vals) if vals else None
-
-        out.append({"tournament": tournament, "protector": label, "seeds": len(per_seed),
-                    "separability": mean("noise_separability"), "class_share": mean("noise_class_share"),
-                    "weak_cells": sum(bool(r.get("weak")) for r in rs), "cells": len(rs)})
-    return out
 
 
 def _noise_table(summary: list[dict[str, Any]]) -> Any:
