@@ -332,16 +332,18 @@ def noise_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("status") == "ok":
-            groups.setdefault((r["tournament"], r.get("protector_label") or r["protector"]), []).append(r)
+            # a protect stage is per data set and seed: two data sets of one tournament are two summaries
+            key = (r["tournament"], r["dataset"], r.get("protector_label") or r["protector"])
+            groups.setdefault(key, []).append(r)
     out = []
-    for (tournament, label), rs in groups.items():
+    for (tournament, dataset, label), rs in groups.items():
         per_seed = {r["seed"]: r for r in rs}.values()  # one protect stage per seed (first architecture's)
 
         def mean(col: str, _rs: Any = per_seed) -> float | None:
             vals = [r[col] for r in _rs if r.get(col) is not None]
             return sum(vals) / len(vals) if vals else None
 
-        out.append({"tournament": tournament, "protector": label, "seeds": len(per_seed),
+        out.append({"tournament": tournament, "dataset": dataset, "protector": label, "seeds": len(per_seed),
                     "separability": mean("noise_separability"), "class_share": mean("noise_class_share"),
                     "weak_cells": sum(bool(r.get("weak")) for r in rs), "cells": len(rs)})
     return out

@@ -56,7 +56,9 @@ def _tap(cfg: Any, splits: Any, seed: int, variants: list[tuple[int, float, int 
     for steps, step, shift, restarts in variants:
         gen = torch.Generator().manual_seed(seed)
         best, best_loss = None, None
-        for _ in range(restarts):  # per image, the restart with the lowest final target loss (as the plugin)
+        # per image, the restart with the lowest final target loss: at least as good as the plugin's per-batch
+        # choice, so the restart rows bound what the plugin's restarts can reach
+        for _ in range(restarts):
             d = craft(model, x, goal, eps, step, steps, start(x, eps, prot.p["init"], gen), shift, gen)
             with torch.no_grad():
                 loss = F.cross_entropy(model((x + d).clamp(0, 1)), goal, reduction="none")

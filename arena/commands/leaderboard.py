@@ -123,10 +123,10 @@ def _noise_table(summary: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     t = Table(title="the noise, measured by the arena (mean over seeds)")
-    for c in ("tournament", "protector", "seeds", "separability", "class share", "weak cells"):
-        t.add_column(c, justify="left" if c in ("tournament", "protector") else "right")
+    for c in ("setting", "protector", "seeds", "separability", "class share", "weak cells"):
+        t.add_column(c, justify="left" if c in ("setting", "protector") else "right")
     for d in summary:
-        t.add_row(d["tournament"], d["protector"], str(d["seeds"]),
+        t.add_row(f"{d['tournament']}: {d['dataset']}", d["protector"], str(d["seeds"]),
                   "-" if d["separability"] is None else f"{d['separability']:.2f}",
                   "-" if d["class_share"] is None else f"{d['class_share']:.2f}",
                   f"{d['weak_cells']}/{d['cells']}")
