@@ -77,8 +77,7 @@ Why (fifth session, same CPU; the ``f_noise_ceiling`` diagnostic, ``python bench
 tournaments/quick.yaml --protect-seeds 0,1,2``): the objective is out of reach of the classifier, not of G.
 The best single noise per class in the 16/255 ball makes the quick grid's f (cnn-small, 4 epochs) read the
 label for 0.30 / 0.50 / 0.30 of the train images (seeds 0-2), and a 10-epoch f for 0.50 / 0.59 / 0.50; a
-throwaway script with the same 300-step search (not committed) found a 4-epoch ResNet-18 f driven to only 1-2
-classes of 10 (``--cg-classifiers resnet18:4`` of the script measures it; not run). With the 10-epoch f (``python
+4-epoch ResNet-18 f has a ceiling of 0.097 / 0.102 (seeds 0/1; ``python benchmarks/objective_ceiling.py tournaments/quick.yaml --protect-seeds 0,1 --tap-variants '' --cg-classifiers resnet18:4``). With the 10-epoch f (``python
 benchmarks/victim_spread.py tournaments/quick.yaml --protectors confoundergan --protect-seeds 0,1,2 --victims 2
 --set confoundergan.classifier_epochs=10``) G reached its ceiling on every seed (f reads 0.497 / 0.494 / 0.497
 off G(x) against ceilings 0.497 / 0.592 / 0.497): G trains to the best noise this f admits, and the noise is
