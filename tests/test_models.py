@@ -9,7 +9,7 @@ from arena.models import build_model
 from arena.registry import get_registry
 
 
-@pytest.mark.parametrize("arch", ["cnn-small", "resnet18", "resnet50", "vgg11", "vgg16", "densenet121", "wrn-34-10"])
+@pytest.mark.parametrize("arch", ["cnn-small", "cnn-tiny", "resnet18", "resnet50", "vgg11", "vgg16", "densenet121", "wrn-34-10"])
 def test_architecture_forward(arch: str) -> None:
     m = build_model(arch, num_classes=7, in_channels=3, image_size=32, seed=0).eval()
     with torch.no_grad():

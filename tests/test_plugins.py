@@ -186,3 +186,22 @@ def test_pyproject_packages_list_every_arena_package() -> None:
     assert set(tool["packages"]) == on_disk | {"arena_plugins"}
     assert tool["package-dir"]["arena_plugins"] == "plugins"
     assert (ROOT / "plugins" / "__init__.py").is_file()
+
+
+def test_surrogates_are_built_in_the_victim_trainers_layout() -> None:
+    """A plugin's own PGD / min-min loops run on ``ctx.build_model``'s weights: NHWC unless the tournament
+    recipe turns it off, and the model computes the same function in either layout."""
+    import torch
+
+    from arena import Context
+    from arena.data import ImageSet
+    from arena.trainer import Recipe
+
+    data = ImageSet(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.arange(4) % 2, ["a", "b"])
+    nhwc = Context().build_model("cnn-tiny", data, seed=3)
+    nchw = Context(recipe=Recipe(channels_last="off")).build_model("cnn-tiny", data, seed=3)
+    weight = lambda m: next(p for p in m.parameters() if p.dim() == 4)  # noqa: E731
+    assert weight(nhwc).is_contiguous(memory_format=torch.channels_last)
+    assert weight(nchw).is_contiguous() and not weight(nchw).is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(nhwc.eval()(x), nchw.eval()(x), atol=1e-5)
