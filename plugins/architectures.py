@@ -125,7 +125,9 @@ class WideResNet(nn.Module):
 def _mobilenetv2(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """torchvision's MobileNetV2 (width 1.0, dropout 0.2 head). At <= 64 px the two CIFAR changes of the
     common port (kuangliu/pytorch-cifar, used by APBench): the stem conv and the first 24-channel block
-    run at stride 1 instead of 2, so a 32 px input reaches the last stage at 4 x 4, not 1 x 1."""
+    run at stride 1 instead of 2, so a 32 px input reaches the last stage at 4 x 4, not 1 x 1. Unlike that port
+    it keeps torchvision's ReLU6, dropout-0.2 head and residual rule (a residual only where input and output
+    shapes match; the port adds a 1x1-conv shortcut where only the channels change)."""
     m = tvm.mobilenet_v2(num_classes=num_classes)
     stride = 1 if image_size <= SMALL else 2
     m.features[0][0] = nn.Conv2d(in_channels, 32, 3, stride, 1, bias=False)
@@ -137,8 +139,10 @@ def _mobilenetv2(num_classes: int, in_channels: int = 3, image_size: int = 32) -
 def _vit_small(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """A ViT for small images: patch 4 (64 tokens at 32 px, 16 at 16 px), width 512, depth 6, 8 heads, MLP
     512, dropout 0.1: the size of APBench's CIFAR ``vit_small`` (lucidrains' ViT for small data sets), built
-    from torchvision's plain ViT (no shifted-patch tokens or locality self-attention). Larger images use
-    patch 16, as ViT-B/16."""
+    from torchvision's plain ViT (no shifted-patch tokens or locality self-attention; torchvision's position
+    embedding init, std 0.02, where lucidrains' draws std 1). Larger images use patch 16, as ViT-B/16.
+    APBench trains it with Adam at its global ``--lr`` (default 0.1, no ViT-specific value), no weight decay,
+    200 epochs; ``tournaments/full.yaml``'s SGD 0.01 with grad clip 1.0 is the arena's own choice."""
     patch = 4 if image_size <= SMALL else 16
     if image_size % patch:
         from arena import ArenaError

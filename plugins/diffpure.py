@@ -22,7 +22,10 @@ Defaults and differences from the reference, and why:
   and its SDE solver. The VP-SDE at t* in [0, 1] is the DDPM chain at t* x 1000 with the same linear betas
   (1e-4 ... 0.02), and DDPM ancestral sampling is a discretization of the same reverse SDE, so the
   arena's DDPM stands in for it. The default depth ``t_star = 100`` is DiffPure's CIFAR-10 setting
-  (t* = 0.1); APBench's AVATAR runs t = 60, one param change.
+  (t* = 0.1), and the one AVATAR's authors released CIFAR-10 data for (hmdolatabadi/AVATAR README:
+  "denoised ... for 100 steps"; its argparse default 400 is DiffPure's generic one). APBench's AVATAR runs
+  t = 60, one param change; APBench also feeds the model ``2x`` for x in [0, 1] and halves the output where
+  DiffPure and AVATAR map to [-1, 1] (``(x - 0.5) * 2``), so its AVATAR column is not a clean reference.
 - The diffusion model is trained on the raw pool the arena gives exploiters, not on the clean data set the
   paper's model saw (this threat model does not give the attacker that); ``ddpm_init`` fine-tunes one from
   another data set as in ``jcdp``.

@@ -37,8 +37,14 @@ Differences from the reference, and why:
   images, instead of backpropagating through the K graphs; the loss value is the same, BatchNorm batch
   statistics of that last forward are those of the kept batch rather than of each round's batch. BN
   running statistics are restored after the candidate forwards, so they see one update per step.
-- APBench's ``UEraser_jpeg`` (used for TAP and AR) computes a JPEG copy and then discards it, so it is the
-  same as plain UEraser; no JPEG variant is offered.
+- The plasma probability 0.5 is the UEraser authors' (lafeat/ueraser, whose comments say it may be raised for
+  stronger augmentation). APBench's copy used 0.5 until 2023-11-21 (commit ca7e688); its HEAD uses 1.0 for
+  ``UEraser`` and 0.8 for ``UEraser_jpeg``, so APBench's tabulated numbers may come from either.
+- No JPEG variant is offered. APBench's ``UEraser_jpeg`` (used for TAP and AR) discarded its JPEG copy in its
+  first version; since 2023-11-16 (d956737) it augments the JPEG'd image, and lafeat/ueraser's
+  ``UEraserJPEG`` applies JPEG quality 10 after the augmentations. The standalone repo's "standard" run repeats
+  60 epochs of its 200 (``aa_epochs = 60``), where APBench's help text says 50; the ``standard`` preset
+  follows APBench.
 - Randomness comes from the trainer's seeded generator (reproducible on the CPU).
 
 Composability: combines with every other exploiter. It is a ``perturb_batch`` change, so it runs after
