@@ -91,8 +91,6 @@ def plasma(n: int, c: int, h: int, w: int, roughness: torch.Tensor, gen: torch.G
     grid = _rand((b, 1, 2, 2), gen, device)
     r = roughness.repeat_interleave(c).view(b, 1, 1, 1)
     s = torch.ones_like(r)
-    diamond = torch.tensor([[1.0, 0, 1], [0, 0, 0], [1, 0, 1]], device=device).view(1, 1, 3, 3) / 4
-    cross = torch.tensor([[0.0, 1, 0], [1, 0, 1], [0, 1, 0]], device=device).view(1, 1, 3, 3)
     for _ in range(levels):
         s = s * r
         m = 2 * (grid.shape[-1] - 1) + 1
@@ -101,14 +99,24 @@ def plasma(n: int, c: int, h: int, w: int, roughness: torch.Tensor, gen: torch.G
         odd = torch.arange(m, device=device) % 2
         d_mask = (odd[:, None] * odd[None, :]).float()
         s_mask = ((odd[:, None] + odd[None, :]) == 1).float()
-        d = F.conv2d(new, diamond, padding=1)  # odd-odd nodes are interior: always four corners
+        d = _neighbour_sum(new, diagonal=True) / 4  # odd-odd nodes are interior: always four corners
         new = new + d_mask * ((1 - s) * d + s * _rand((b, 1, m, m), gen, device))
         # edge nodes have three neighbours: average over those that exist
-        count = F.conv2d(torch.ones((1, 1, m, m), device=device), cross, padding=1)
-        sq = F.conv2d(new, cross, padding=1) / count
+        count = _neighbour_sum(torch.ones((1, 1, m, m), device=device), diagonal=False)
+        sq = _neighbour_sum(new, diagonal=False) / count
         new = new + s_mask * ((1 - s) * sq + s * _rand((b, 1, m, m), gen, device))
         grid = new
     return grid[..., :h, :w].reshape(n, c, h, w)
+
+
+def _neighbour_sum(x: torch.Tensor, diagonal: bool) -> torch.Tensor:
+    """Sum of each node's four diagonal (or edge) neighbours, zero outside: a fixed 3x3 stencil written as
+    shifted adds, because a one-channel convolution ran 5x slower on a CPU and plasma maps dominated the cost
+    of the whole augmentation."""
+    p = F.pad(x, (1, 1, 1, 1))
+    if diagonal:
+        return p[..., :-2, :-2] + p[..., :-2, 2:] + p[..., 2:, :-2] + p[..., 2:, 2:]
+    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
 
 
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
