@@ -2,8 +2,8 @@
 
 For small images (<= 64 px) the ResNet, DenseNet and VGG variants are the CIFAR ones the papers use:
 3x3 stride-1 stem, no max-pool, global pooling before one linear layer. Larger images get the
-torchvision ImageNet stems. ``cnn-small`` is a fast 3-conv network for CPU tests; ``cnn-tiny``, half as wide, the quick
-tournament's victim and surrogate.
+torchvision ImageNet stems. ``cnn-small`` is a fast 3-conv network for CPU tests; ``cnn-tiny``, half as
+wide, the quick tournament's victim and surrogate.
 """
 
 from __future__ import annotations
