@@ -37,9 +37,10 @@ Differences from the reference, and why:
   images, instead of backpropagating through the K graphs; the loss value is the same, BatchNorm batch
   statistics of that last forward are those of the kept batch rather than of each round's batch. BN
   running statistics are restored after the candidate forwards, so they see one update per step.
-- The plasma probability 0.5 is the UEraser authors' (lafeat/ueraser, whose comments say it may be raised for
-  stronger augmentation). APBench's copy used 0.5 until 2023-11-21 (commit ca7e688); its HEAD uses 1.0 for
-  ``UEraser`` and 0.8 for ``UEraser_jpeg``, so APBench's tabulated numbers may come from either.
+- ``plasma_p`` (default 0.5) is the UEraser authors' plasma probability (lafeat/ueraser, whose comments say it
+  may be raised for stronger augmentation). APBench's copy used 0.5 until 2023-11-21 (commit ca7e688); its
+  HEAD uses 1.0 for ``UEraser`` and 0.8 for ``UEraser_jpeg``, so APBench's tabulated numbers may come from
+  either: ``plasma_p: 1.0`` is today's APBench.
 - No JPEG variant is offered. APBench's ``UEraser_jpeg`` (used for TAP and AR) discarded its JPEG copy in its
   first version; since 2023-11-16 (d956737) it augments the JPEG'd image, and lafeat/ueraser's
   ``UEraserJPEG`` applies JPEG quality 10 after the augmentations. The standalone repo's "standard" run repeats
@@ -226,10 +227,10 @@ def trivial_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def ueraser_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def ueraser_augment(x: torch.Tensor, gen: torch.Generator, plasma_p: float = 0.5) -> torch.Tensor:
     """The UEraser pipeline on a float [0, 1] batch, independent draws per image."""
-    x = plasma_brightness(x, gen)
-    x = plasma_contrast(x, gen)
+    x = plasma_brightness(x, gen, plasma_p)
+    x = plasma_contrast(x, gen, plasma_p)
     x = channel_shuffle(x, gen)
     return trivial_augment(x, gen)
 
@@ -255,8 +256,8 @@ def _bn_stats_kept(model: torch.nn.Module) -> Iterator[None]:
 
 
 class UEraserMod(TrainingMod):
-    def __init__(self, repeats: int, repeat_epochs: int, epochs: int | None) -> None:
-        self.repeats, self.repeat_epochs, self.epochs = repeats, repeat_epochs, epochs
+    def __init__(self, repeats: int, repeat_epochs: int, epochs: int | None, plasma_p: float = 0.5) -> None:
+        self.repeats, self.repeat_epochs, self.epochs, self.plasma_p = repeats, repeat_epochs, epochs, plasma_p
         self.epoch = 0
         self.amp_flag = "off"
 
@@ -271,8 +272,8 @@ class UEraserMod(TrainingMod):
                       gen: torch.Generator) -> torch.Tensor:
         k = self.repeats if self.epoch < self.repeat_epochs else 1
         if k <= 1:
-            return ueraser_augment(x, gen)
-        cands = torch.stack([ueraser_augment(x, gen) for _ in range(k)])
+            return ueraser_augment(x, gen, self.plasma_p)
+        cands = torch.stack([ueraser_augment(x, gen, self.plasma_p) for _ in range(k)])
         amp = use_amp(self.amp_flag, x.device)
         losses = torch.empty((k, x.shape[0]), device=x.device)
         with torch.no_grad(), _bn_stats_kept(model):
@@ -296,6 +297,8 @@ class UEraser(Exploiter):
               low=0, optional=True),
         Param("epochs", int, None, "victim training epochs for this cell (default: the tournament recipe's; "
               "the paper trains 200-300)", low=1, optional=True),
+        Param("plasma_p", float, 0.5, "probability of each plasma op, brightness and contrast (the authors' "
+              "0.5; APBench's current UEraser 1.0)", low=0.0, high=1.0),
     ))
     check_params: ClassVar[dict[str, Any]] = {"preset": "standard", "repeats": 2, "repeat_epochs": 1}
 
@@ -303,7 +306,7 @@ class UEraser(Exploiter):
         k, e = PRESETS[self.p["preset"]]
         k = self.p["repeats"] if self.p["repeats"] is not None else k
         e = self.p["repeat_epochs"] if self.p["repeat_epochs"] is not None else e
-        return UEraserMod(k, e, self.p["epochs"])
+        return UEraserMod(k, e, self.p["epochs"], self.p["plasma_p"])
 
 
 @hookimpl
