@@ -326,10 +326,10 @@ def _exploiter_ranking(setting: dict[str, Any], rs: list[dict[str, Any]], metric
 
 
 def noise_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per tournament and protector, the arena's own measures of the noise (the same for every exploiter of a
-    protect stage, so averaged over its distinct seeds) and how many of its cells are weak: the evidence a
-    reader weighs a protector's accuracy against."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Per tournament, data set and protector, the arena's own measures of the noise (the same for every
+    exploiter of a protect stage, so averaged over its distinct seeds) and how many of its cells are weak: the
+    evidence a reader weighs a protector's accuracy against."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("status") == "ok":
             # a protect stage is per data set and seed: two data sets of one tournament are two summaries
@@ -360,8 +360,7 @@ def cell_text(c: dict[str, Any] | None, pct: bool = True) -> str:
     k = 100 if pct else 1
     txt = f"{k * c['value']:.1f}"
     if c.get("ci_high") is not None:
-        hw = c["half_width"] if c.get("half_width") is not None else (c["ci_high"] - c["ci_low"]) / 2
-        txt += f"±{k * hw:.1f}"
+        txt += f"±{k * c['half_width']:.1f}"
     return (txt + ("w" if c.get("weak") else "") + ("!" if c.get("failed") else "")
             + ("?" if c.get("suspicious") else ""))
 
